@@ -1,0 +1,31 @@
+"""Test setup: CPU only, 8 forced host devices, real data located by path.
+
+XLA_FLAGS must be set before jax is imported anywhere, hence at module level.
+"""
+import os
+import pathlib
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # keep torch/tf off GPUs
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> pathlib.Path:
+  """Real data: $VIT_JAX_SHARED_DATA, default ../shared/data next to the repo."""
+  return pathlib.Path(os.environ.get('VIT_JAX_SHARED_DATA',
+                                     REPO.parent / 'shared' / 'data'))
+
+
+@pytest.fixture(scope='session')
+def shared_data() -> pathlib.Path:
+  d = shared_data_dir()
+  if not d.is_dir():
+    pytest.skip(f'REAL DATA MISSING: {d} does not exist (set '
+                'VIT_JAX_SHARED_DATA); tests on real data were NOT run')
+  return d

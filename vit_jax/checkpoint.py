@@ -1,0 +1,234 @@
+"""Official `.npz` checkpoints: read, write, inspect, load into a model.
+
+The layout is google-research/vision_transformer's: one `np.savez` archive of
+flat `/`-joined keys (`Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`,
+`embedding/kernel` HWIO, `cls`, `head/kernel`, ...). Our models use the same
+names, so a parameter tree and a checkpoint map key for key.
+
+`load_pretrained` adapts a checkpoint to a model of another shape:
+  * position embeddings are resampled on their 2-D grid (class token row kept
+    aside), bilinearly with scipy as the official code does;
+  * the head is re-initialized (to the model's init: zeros) when the number of
+    classes differs, and `pre_logits` is dropped when the model has none;
+  * anything else that differs is an error naming the key and both shapes;
+    missing and unexpected keys are errors listing them.
+
+CLI:  python -m vit_jax.checkpoint inspect FILE
+"""
+
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import flax
+import numpy as np
+import scipy.ndimage
+
+PyTree = Any
+POSEMB = 'Transformer/posembed_input/pos_embedding'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint does not fit the model; the message says why."""
+
+
+def flatten(params: PyTree) -> dict[str, np.ndarray]:
+  """Nested dict -> {'a/b/c': array}."""
+  params = flax.core.unfreeze(params)
+  if 'params' in params and len(params) == 1:
+    params = params['params']
+  return {'/'.join(k): v for k, v in
+          flax.traverse_util.flatten_dict(params).items()}
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': array} -> nested dict."""
+  return flax.traverse_util.unflatten_dict(
+      {tuple(k.split('/')): v for k, v in flat.items()})
+
+
+def save_npz(path: str, params: PyTree) -> None:
+  """Writes `params` in the official layout (atomically: tmp file + rename)."""
+  flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+  tmp = f'{path}.tmp-{os.getpid()}.npz'
+  with open(tmp, 'wb') as f:
+    np.savez(f, **flat)
+  os.replace(tmp, path)
+
+
+def _fix_legacy(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Old hybrid files store GroupNorm scale/bias as [1, 1, 1, C]."""
+  out = {}
+  for k, v in flat.items():
+    if (k.split('/')[-2:-1] and k.split('/')[-2].startswith('gn')
+        and v.ndim == 4
+        and v.shape[:3] == (1, 1, 1)):
+      v = v.reshape(v.shape[-1])
+    out[k] = v
+  return out
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  """Reads an `.npz` checkpoint into a flat {key: array} dict."""
+  if not os.path.exists(path):
+    raise CheckpointError(f'checkpoint not found: {path}')
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      flat = {k: z[k] for k in z.files}
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{path} is not a readable .npz file ({e})') from e
+  for prefix in ('opt/target/', 'params/'):  # optimizer-state dumps
+    if all(k.startswith(prefix) for k in flat):
+      flat = {k[len(prefix):]: v for k, v in flat.items()}
+  return _fix_legacy(flat)
+
+
+def load_npz(path: str) -> PyTree:
+  """Reads an `.npz` checkpoint into a nested parameter dict."""
+  return unflatten(read_npz(path))
+
+
+def _square_grid(n: int, what: str) -> tuple[int, int]:
+  s = int(round(np.sqrt(n)))
+  if s * s != n:
+    raise CheckpointError(
+        f'{what}: {n} position embeddings do not form a square grid; pass '
+        'the grid size explicitly')
+  return (s, s)
+
+
+def resample_posemb(posemb: np.ndarray, new_grid: Sequence[int],
+                    num_prefix: int,
+                    old_grid: Optional[Sequence[int]] = None) -> np.ndarray:
+  """Resamples position embeddings [1, prefix + h*w, D] to a new grid.
+
+  Prefix rows (the class token's) are kept as they are; the grid rows are
+  reshaped to [h, w, D] and zoomed with `scipy.ndimage.zoom(order=1)` (linear,
+  corner-aligned: the official `interpolate_posembed`), then flattened back.
+
+  Args:
+    posemb: [1, num_prefix + h_old * w_old, D].
+    new_grid: (h_new, w_new).
+    num_prefix: leading rows that are not on the grid (1 for a class token).
+    old_grid: (h_old, w_old); inferred as square when omitted.
+
+  Returns:
+    [1, num_prefix + h_new * w_new, D].
+  """
+  prefix, grid = posemb[:, :num_prefix], posemb[0, num_prefix:]
+  old_grid = tuple(old_grid or _square_grid(len(grid), POSEMB))
+  if old_grid[0] * old_grid[1] != len(grid):
+    raise CheckpointError(f'{POSEMB}: {len(grid)} rows do not form a '
+                          f'{old_grid[0]}x{old_grid[1]} grid')
+  grid = grid.reshape(*old_grid, -1)
+  zoom = (new_grid[0] / old_grid[0], new_grid[1] / old_grid[1], 1)
+  grid = scipy.ndimage.zoom(grid, zoom, order=1)
+  assert grid.shape[:2] == tuple(new_grid), (grid.shape, new_grid)
+  grid = grid.reshape(1, new_grid[0] * new_grid[1], -1)
+  return np.concatenate([prefix, grid.astype(posemb.dtype)], axis=1)
+
+
+def merge(init_params: PyTree, restored: PyTree, *,
+          grid: Optional[Sequence[int]] = None,
+          old_grid: Optional[Sequence[int]] = None) -> PyTree:
+  """Fits `restored` (a checkpoint's tree) to the shapes of `init_params`.
+
+  Args:
+    init_params: freshly initialized parameters of the target model (their
+      values are used for a re-initialized head).
+    restored: parameters read from a checkpoint.
+    grid: the target model's token grid (h, w); inferred when square.
+    old_grid: the checkpoint's grid (h, w); inferred when square.
+
+  Returns:
+    A tree with the structure, shapes and dtypes of `init_params`.
+
+  Raises:
+    CheckpointError naming missing/unexpected keys or the key and both shapes
+    of a mismatch that cannot be adapted.
+  """
+  init = flatten(init_params)
+  ckpt = flatten(restored)
+  dropped = []
+  if not any(k.startswith('pre_logits/') for k in init):
+    dropped = [k for k in ckpt if k.startswith('pre_logits/')]
+  head_mismatch = any(
+      k.startswith('head/') and k in ckpt and ckpt[k].shape != init[k].shape
+      for k in init)
+  if head_mismatch or not any(k.startswith('head/') for k in init):
+    dropped += [k for k in ckpt if k.startswith('head/')]
+  for k in dropped:
+    del ckpt[k]
+
+  missing = sorted(k for k in set(init) - set(ckpt)
+                   if not (head_mismatch and k.startswith('head/')))
+  unexpected = sorted(set(ckpt) - set(init))
+  if missing or unexpected:
+    msg = []
+    if missing:
+      msg.append(f'missing in checkpoint: {", ".join(missing)}')
+    if unexpected:
+      msg.append(f'unexpected in checkpoint: {", ".join(unexpected)}')
+    raise CheckpointError('; '.join(msg))
+
+  out = {}
+  for k, v_init in init.items():
+    if k not in ckpt:  # re-initialized head
+      out[k] = v_init
+      continue
+    v = np.asarray(ckpt[k])
+    if v.shape != v_init.shape and k.endswith('posembed_input/pos_embedding'):
+      num_prefix = 1 if 'cls' in init else 0
+      new_grid = grid or _square_grid(v_init.shape[1] - num_prefix, k)
+      v = resample_posemb(v, new_grid, num_prefix, old_grid)
+    if v.shape != v_init.shape:
+      raise CheckpointError(f'{k}: checkpoint has shape {v.shape}, the model '
+                            f'expects {tuple(v_init.shape)}')
+    out[k] = v.astype(v_init.dtype)
+  return unflatten(out)
+
+
+def load_pretrained(path: str, init_params: PyTree, model=None,
+                    image_size: Optional[Sequence[int]] = None) -> PyTree:
+  """Reads `path` and fits it to `init_params` (see `merge`).
+
+  Args:
+    path: an official-layout `.npz` file.
+    init_params: parameters of the target model.
+    model: the target model; with `image_size` it gives the token grid, which
+      is needed only for non-square grids.
+    image_size: (height, width) the model will run at.
+  """
+  grid = None
+  if model is not None and image_size is not None and hasattr(
+      model, 'patch_grid'):
+    grid = model.patch_grid(image_size)
+  return merge(init_params, load_npz(path), grid=grid)
+
+
+def inspect(path: str, out=sys.stdout) -> None:
+  """Prints every array (key, shape, dtype) and the parameter count."""
+  flat = read_npz(path)
+  width = max(len(k) for k in flat)
+  total = 0
+  for k in sorted(flat):
+    v = flat[k]
+    total += v.size
+    print(f'{k:<{width}}  {str(v.shape):<22} {v.dtype}', file=out)
+  print(f'{len(flat)} arrays, {total:,} parameters', file=out)
+
+
+def main(argv: Sequence[str]) -> int:
+  if len(argv) != 3 or argv[1] != 'inspect':
+    print('usage: python -m vit_jax.checkpoint inspect FILE', file=sys.stderr)
+    return 2
+  try:
+    inspect(argv[2])
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))

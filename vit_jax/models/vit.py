@@ -1,0 +1,340 @@
+"""Vision Transformer (Dosovitskiy et al. 2020), its hybrids and conv-stem variant.
+
+Parameter names and shapes equal those of the released `.npz` checkpoints of
+google-research/vision_transformer (pre-Linen numbering included:
+`encoderblock_{i}/LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`,
+`MlpBlock_3`), so a checkpoint maps onto the parameter tree key for key.
+
+Shapes: images are [B, H, W, 3] in [-1, 1]; tokens are [B, N, D] with N patch
+tokens (plus one class token for `classifier='token'`); attention weights are
+[B, heads, N, N].
+
+Intermediates. Applied with `mutable=['intermediates']` the model records
+(see `vit_jax.models.intermediates`):
+  `tokens`      per block, the block's output tokens [B, N, D];
+  `attention`   per block, the softmax attention weights [B, heads, N, N];
+  `mlp_hidden`  per block, the GELU output inside the MLP [B, N, mlp_dim];
+  `pre_logits`  the pooled representation fed to the head.
+"""
+
+import functools
+from typing import Literal, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.models import resnet
+
+Classifier = Literal['token', 'gap', 'map', 'unpooled', 'token_unpooled']
+CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+Dtype = jnp.dtype
+
+# Hidden size, MLP size, heads, layers of the standard sizes (ViT paper table 1;
+# Ti and S from DeiT / AugReg).
+VARIANTS = {
+    'mu': dict(hidden_size=32, mlp_dim=128, num_heads=2, num_layers=2),
+    'Ti': dict(hidden_size=192, mlp_dim=768, num_heads=3, num_layers=12),
+    'S': dict(hidden_size=384, mlp_dim=1536, num_heads=6, num_layers=12),
+    'B': dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12),
+    'L': dict(hidden_size=1024, mlp_dim=4096, num_heads=16, num_layers=24),
+    'H': dict(hidden_size=1280, mlp_dim=5120, num_heads=16, num_layers=32),
+}
+
+
+def _record(module: nn.Module, name: str, value: jax.Array) -> None:
+  """Stores `value` in the 'intermediates' collection when it is mutable."""
+  if module.is_mutable_collection('intermediates'):
+    module.sow('intermediates', name, value)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> Dense, the transformer's feed-forward block.
+
+  Attributes:
+    mlp_dim: hidden width.
+    out_dim: output width (defaults to the input width).
+    dropout_rate: dropout after the GELU and after the output projection.
+  """
+  mlp_dim: int
+  out_dim: Optional[int] = None
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool = True):
+    dense = functools.partial(
+        nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6))
+    h = dense(self.mlp_dim, name='Dense_0')(x)
+    h = nn.gelu(h, approximate=False)
+    _record(self, 'mlp_hidden', h)
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    y = dense(self.out_dim or x.shape[-1], name='Dense_1')(h)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention with the official parameter layout.
+
+  `query`/`key`/`value` kernels are [D, heads, D/heads] and `out` is
+  [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. Softmax runs
+  in float32 whatever the compute dtype. When intermediates are recorded the
+  weights are materialized; otherwise `jax.nn.dot_product_attention` is used
+  (XLA's fused path, cuDNN flash attention on GPU).
+  """
+  num_heads: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_kv=None, *, deterministic: bool = True):
+    x_kv = x_q if x_kv is None else x_kv
+    d = x_q.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(
+          f'hidden size {d} is not divisible by num_heads={self.num_heads}')
+    dense = functools.partial(
+        nn.DenseGeneral, features=(self.num_heads, d // self.num_heads),
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform())
+    q = dense(name='query')(x_q)  # [B, Nq, h, d/h]
+    k = dense(name='key')(x_kv)   # [B, Nk, h, d/h]
+    v = dense(name='value')(x_kv)
+    use_dropout = self.dropout_rate > 0 and not deterministic
+    if self.is_mutable_collection('intermediates') or use_dropout:
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1])
+      w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+      _record(self, 'attention', w)
+      w = nn.Dropout(self.dropout_rate)(w, deterministic=deterministic)
+      y = jnp.einsum('bhqk,bkhd->bqhd', w.astype(v.dtype), v)
+    else:
+      y = jax.nn.dot_product_attention(q, k, v)
+    return nn.DenseGeneral(
+        features=d, axis=(-2, -1), dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool = True):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
+    y = Attention(self.num_heads, self.attention_dropout_rate,
+                  name='MultiHeadDotProductAttention_1', **kw)(
+                      y, deterministic=deterministic)
+    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = nn.LayerNorm(name='LayerNorm_2', **kw)(x)
+    y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate,
+                 name='MlpBlock_3', **kw)(y, deterministic=deterministic)
+    x = x + y
+    _record(self, 'tokens', x)
+    return x
+
+
+class PositionEmbedding(nn.Module):
+  """Holds the learned position embedding [1, N, D] (normal, std 0.02)."""
+  shape: Sequence[int]
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    return self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
+                      tuple(self.shape), self.param_dtype)
+
+
+class Encoder(nn.Module):
+  """Position embedding, `num_layers` blocks and the final LayerNorm.
+
+  The class token (if any) gets row 0 of the position embedding. Normally it is
+  prepended before the first block; `cls_insert_layer=k` keeps it out of blocks
+  0..k-1 and prepends it just before block k (the CLS late-insertion probe of
+  Ghiasi et al. 2022).
+  """
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, cls=None, *, cls_insert_layer: int = 0,
+               train: bool = False):
+    b, n, d = x.shape
+    n_prefix = 0 if cls is None else 1
+    pe = PositionEmbedding((1, n_prefix + n, d), self.param_dtype,
+                           name='posembed_input')()
+    x = x + pe[:, n_prefix:].astype(x.dtype)
+    if cls is not None:
+      cls = jnp.broadcast_to(cls + pe[:, :1], (b, 1, d)).astype(x.dtype)
+      if not 0 <= cls_insert_layer < self.num_layers:
+        raise ValueError(f'cls_insert_layer={cls_insert_layer} is out of '
+                         f'range [0, {self.num_layers - 1}]')
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    for i in range(self.num_layers):
+      if cls is not None and i == cls_insert_layer:
+        x = jnp.concatenate([cls, x], axis=1)
+      x = block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
+                    self.attention_dropout_rate, self.dtype, self.param_dtype,
+                    name=f'encoderblock_{i}')(x, deterministic=not train)
+    return nn.LayerNorm(name='encoder_norm', dtype=self.dtype,
+                        param_dtype=self.param_dtype)(x)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling (big_vision's MAPHead; timm's attn_pool)."""
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, _, d = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d),
+                       self.param_dtype)
+    probe = jnp.broadcast_to(probe, (b, 1, d)).astype(x.dtype)
+    x = Attention(self.num_heads, name='MultiHeadDotProductAttention_0',
+                  **kw)(probe, x)
+    y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
+    x = x + MlpBlock(self.mlp_dim, name='MlpBlock_0', **kw)(y)
+    return x[:, 0]
+
+
+class ConvStem(nn.Module):
+  """Xiao et al. 2021 convolutional stem: 3x3 stride-2 convs, then patchify.
+
+  Each conv is followed by LayerNorm over channels and ReLU (the paper uses
+  BatchNorm; LayerNorm keeps the model free of batch statistics). The final
+  1x1 projection to the hidden size is the model's `embedding` conv.
+  """
+  channels: Sequence[int]
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i, c in enumerate(self.channels):
+      x = nn.Conv(c, (3, 3), strides=(2, 2), padding='SAME', use_bias=False,
+                  dtype=self.dtype, param_dtype=self.param_dtype,
+                  name=f'conv_{i}')(x)
+      x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
+                       name=f'norm_{i}')(x)
+      x = nn.relu(x)
+    return x
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier; with `resnet_layers` set, the R+ViT hybrid.
+
+  Attributes:
+    num_classes: head width; 0 or None returns the pooled features.
+    patch_size: (h, w) of the `embedding` conv (kernel = stride).
+    hidden_size, mlp_dim, num_heads, num_layers: transformer size.
+    classifier: 'token' (class token), 'gap' (mean of tokens), 'map'
+      (attention pooling), 'unpooled' / 'token_unpooled' (all tokens).
+    representation_size: width of the tanh pre-logits layer, or None.
+    resnet_layers: units per ResNetV2 stage of a hybrid stem; () for the
+      stage-less root (R_Ti); None for a plain ViT.
+    resnet_width: width factor of the hybrid stem.
+    conv_stem: channels of a Xiao et al. conv stem (replaces patchify; then
+      `patch_size` is the 1x1 projection), or None.
+    head_bias_init: initial head bias (the head kernel starts at zero).
+    dtype: compute dtype; param_dtype: parameter dtype.
+    remat: rematerialize each block in the backward pass (saves memory).
+  """
+  num_classes: Optional[int] = 1000
+  patch_size: Sequence[int] = (16, 16)
+  hidden_size: int = 768
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  num_layers: int = 12
+  classifier: Classifier = 'token'
+  representation_size: Optional[int] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  resnet_layers: Optional[Sequence[int]] = None
+  resnet_width: int = 1
+  conv_stem: Optional[Sequence[int]] = None
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  def total_stride(self) -> tuple[int, int]:
+    """Pixels per patch token along (height, width)."""
+    s = 1
+    if self.resnet_layers is not None:
+      s = resnet.stem_stride(self.resnet_layers)
+    elif self.conv_stem is not None:
+      s = 2 ** len(self.conv_stem)
+    return (s * self.patch_size[0], s * self.patch_size[1])
+
+  def patch_grid(self, image_size: Sequence[int]) -> tuple[int, int]:
+    """Token grid (h, w) for an image of `image_size` = (height, width)."""
+    sh, sw = self.total_stride()
+    return (image_size[0] // sh, image_size[1] // sw)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False,
+               cls_insert_layer: int = 0):
+    """Maps images [B, H, W, 3] to logits [B, num_classes] (see class doc)."""
+    if self.classifier not in CLASSIFIERS:
+      raise ValueError(f'classifier={self.classifier!r}; allowed: '
+                       f'{", ".join(CLASSIFIERS)}')
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = images.astype(self.dtype)
+    if self.resnet_layers is not None:
+      x = resnet.root_and_stages(x, self.resnet_layers, self.resnet_width,
+                                 **kw)
+    elif self.conv_stem is not None:
+      x = ConvStem(tuple(self.conv_stem), name='stem', **kw)(x)
+    x = nn.Conv(self.hidden_size, tuple(self.patch_size),
+                strides=tuple(self.patch_size), padding='VALID',
+                name='embedding', **kw)(x)
+    b, h, w, c = x.shape
+    x = jnp.reshape(x, (b, h * w, c))  # [B, N, D]
+
+    cls = None
+    if self.classifier in ('token', 'token_unpooled'):
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, c),
+                       self.param_dtype)
+    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
+                self.dropout_rate, self.attention_dropout_rate, self.remat,
+                name='Transformer', **kw)(
+                    x, cls, cls_insert_layer=cls_insert_layer, train=train)
+
+    if self.classifier == 'token':
+      x = x[:, 0]
+    elif self.classifier == 'gap':
+      x = jnp.mean(x, axis=1)
+    elif self.classifier == 'map':
+      x = MAPHead(self.num_heads, self.mlp_dim, name='MAPHead_0', **kw)(x)
+
+    if self.representation_size is not None:
+      x = nn.Dense(self.representation_size, name='pre_logits', **kw)(x)
+      x = jnp.tanh(x)
+    _record(self, 'pre_logits', x)
+    if self.num_classes:
+      x = nn.Dense(self.num_classes, name='head',
+                   kernel_init=nn.initializers.zeros,
+                   bias_init=nn.initializers.constant(self.head_bias_init),
+                   **kw)(x)
+    return x
