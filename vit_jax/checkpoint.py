@@ -60,9 +60,8 @@ def _fix_legacy(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Old hybrid files store GroupNorm scale/bias as [1, 1, 1, C]."""
   out = {}
   for k, v in flat.items():
-    if (k.split('/')[-2:-1] and k.split('/')[-2].startswith('gn')
-        and v.ndim == 4
-        and v.shape[:3] == (1, 1, 1)):
+    parent = k.split('/')[-2] if '/' in k else ''
+    if parent.startswith('gn') and v.ndim == 4 and v.shape[:3] == (1, 1, 1):
       v = v.reshape(v.shape[-1])
     out[k] = v
   return out
@@ -171,7 +170,7 @@ def merge(init_params: PyTree, restored: PyTree, *,
       msg.append(f'unexpected in checkpoint: {", ".join(unexpected)}')
     raise CheckpointError('; '.join(msg))
 
-  out = {}
+  out, mismatches = {}, []
   for k, v_init in init.items():
     if k not in ckpt:  # re-initialized head
       out[k] = v_init
@@ -182,9 +181,11 @@ def merge(init_params: PyTree, restored: PyTree, *,
       new_grid = grid or _square_grid(v_init.shape[1] - num_prefix, k)
       v = resample_posemb(v, new_grid, num_prefix, old_grid)
     if v.shape != v_init.shape:
-      raise CheckpointError(f'{k}: checkpoint has shape {v.shape}, the model '
-                            f'expects {tuple(v_init.shape)}')
+      mismatches.append(f'{k}: checkpoint has shape {v.shape}, the model '
+                        f'expects {tuple(v_init.shape)}')
     out[k] = v.astype(v_init.dtype)
+  if mismatches:
+    raise CheckpointError('; '.join(mismatches))
   return unflatten(out)
 
 

@@ -29,7 +29,9 @@ def collect(state: Any) -> dict[str, Any]:
     value = value[0] if isinstance(value, tuple) else value  # sow -> tuple
     block = next((int(m.group(1)) for p in path
                   if (m := _BLOCK.match(p))), None)
-    if block is None:  # e.g. 'pre_logits', 'MAPHead_0/.../attention'
+    if path == ('pooled',):  # ViT's input to the head
+      out['pre_logits'] = value
+    elif block is None:  # e.g. 'MAPHead_0/MultiHeadDotProductAttention_0/...'
       out['/'.join(path)] = value
     else:
       per_block.setdefault(name, {})[block] = value

@@ -83,12 +83,14 @@ class Attention(nn.Module):
   [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. Softmax runs
   in float32 whatever the compute dtype. When intermediates are recorded the
   weights are materialized; otherwise `jax.nn.dot_product_attention` is used
-  (XLA's fused path, cuDNN flash attention on GPU).
+  (XLA's fused path; `implementation='cudnn'` selects cuDNN flash attention
+  on GPU, bf16/fp16 only).
   """
   num_heads: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, x_q, x_kv=None, *, deterministic: bool = True):
@@ -112,7 +114,8 @@ class Attention(nn.Module):
       w = nn.Dropout(self.dropout_rate)(w, deterministic=deterministic)
       y = jnp.einsum('bhqk,bkhd->bqhd', w.astype(v.dtype), v)
     else:
-      y = jax.nn.dot_product_attention(q, k, v)
+      y = jax.nn.dot_product_attention(q, k, v,
+                                       implementation=self.implementation)
     return nn.DenseGeneral(
         features=d, axis=(-2, -1), dtype=self.dtype,
         param_dtype=self.param_dtype,
@@ -127,12 +130,14 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool = True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
     y = Attention(self.num_heads, self.attention_dropout_rate,
+                  implementation=self.attention_impl,
                   name='MultiHeadDotProductAttention_1', **kw)(
                       y, deterministic=deterministic)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -171,6 +176,7 @@ class Encoder(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, cls=None, *, cls_insert_layer: int = 0,
@@ -192,7 +198,8 @@ class Encoder(nn.Module):
         x = jnp.concatenate([cls, x], axis=1)
       x = block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
                     self.attention_dropout_rate, self.dtype, self.param_dtype,
-                    name=f'encoderblock_{i}')(x, deterministic=not train)
+                    self.attention_impl, name=f'encoderblock_{i}')(
+                        x, deterministic=not train)
     return nn.LayerNorm(name='encoder_norm', dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
 
@@ -259,6 +266,8 @@ class VisionTransformer(nn.Module):
     head_bias_init: initial head bias (the head kernel starts at zero).
     dtype: compute dtype; param_dtype: parameter dtype.
     remat: rematerialize each block in the backward pass (saves memory).
+    attention_impl: `jax.nn.dot_product_attention` implementation: None
+      (XLA decides), 'xla', or 'cudnn' (GPU flash attention, bf16/fp16).
   """
   num_classes: Optional[int] = 1000
   patch_size: Sequence[int] = (16, 16)
@@ -277,6 +286,7 @@ class VisionTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
+  attention_impl: Optional[str] = None
 
   def total_stride(self) -> tuple[int, int]:
     """Pixels per patch token along (height, width)."""
@@ -318,7 +328,7 @@ class VisionTransformer(nn.Module):
                        self.param_dtype)
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
                 self.dropout_rate, self.attention_dropout_rate, self.remat,
-                name='Transformer', **kw)(
+                attention_impl=self.attention_impl, name='Transformer', **kw)(
                     x, cls, cls_insert_layer=cls_insert_layer, train=train)
 
     if self.classifier == 'token':
@@ -331,7 +341,7 @@ class VisionTransformer(nn.Module):
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, name='pre_logits', **kw)(x)
       x = jnp.tanh(x)
-    _record(self, 'pre_logits', x)
+    _record(self, 'pooled', x)  # exposed as 'pre_logits' by intermediates
     if self.num_classes:
       x = nn.Dense(self.num_classes, name='head',
                    kernel_init=nn.initializers.zeros,

@@ -1,0 +1,115 @@
+"""Registry names, parameter counts (vs timm) and FLOPs of the presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import models
+from vit_jax.models import flops
+from vit_jax.models import vit
+
+torch = pytest.importorskip('torch')
+timm = pytest.importorskip('timm')
+
+
+def n_params(model, size=224):
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return flops.count_params(jax.eval_shape(model.init, jax.random.key(0), x))
+
+
+def timm_params(name, **kw):
+  with torch.device('meta'):  # shapes only, nothing allocated
+    m = timm.create_model(name, pretrained=False, **kw)
+  return sum(p.numel() for p in m.parameters())
+
+
+# our name -> timm name (same architecture, 1000 classes, 224 px).
+SAME_AS_TIMM = {
+    'ViT-Ti_16': 'vit_tiny_patch16_224',
+    'ViT-S_16': 'vit_small_patch16_224',
+    'ViT-S_32': 'vit_small_patch32_224',
+    'ViT-B_8': 'vit_base_patch8_224',
+    'ViT-B_16': 'vit_base_patch16_224',
+    'ViT-B_32': 'vit_base_patch32_224',
+    'ViT-L_16': 'vit_large_patch16_224',
+    'ViT-L_32': 'vit_large_patch32_224',
+    'ViT-H_14': 'vit_huge_patch14_224',
+    'R+ViT-Ti_16': 'vit_tiny_r_s16_p8_224',
+    'R26+ViT-S_32': 'vit_small_r26_s32_224',
+    'R26+ViT-B_32': 'vit_base_r26_s32_224',
+    'R50+ViT-B_16': 'vit_base_r50_s16_224',
+    'R50+ViT-L_32': 'vit_large_r50_s32_224',
+    'Mixer-S_16': 'mixer_s16_224',
+    'Mixer-S_32': 'mixer_s32_224',
+    'Mixer-B_16': 'mixer_b16_224',
+    'Mixer-B_32': 'mixer_b32_224',
+    'Mixer-L_16': 'mixer_l16_224',
+    'Mixer-L_32': 'mixer_l32_224',
+}
+
+
+@pytest.mark.parametrize('name', sorted(SAME_AS_TIMM))
+def test_param_count_equals_timm(name):
+  assert n_params(models.get_model(name)) == timm_params(SAME_AS_TIMM[name],
+                                                        num_classes=1000)
+
+
+def test_param_counts_of_the_official_release():
+  """Counts published in the official models_test.py (1000 classes)."""
+  assert n_params(models.get_model('ViT-B_16')) == 86_567_656
+  assert n_params(models.get_model('R50+ViT-B_16')) == 98_659_112
+  assert n_params(models.get_model('ViT-Ti_16')) == 5_717_416
+
+
+def test_augreg_and_official_names_agree():
+  pairs = [('Ti/16', 'ViT-Ti_16'), ('R26+S/32', 'R26+ViT-S_32'),
+           ('R_Ti/16', 'R+ViT-Ti_16'), ('R50+L/32', 'R50+ViT-L_32'),
+           ('B/16', 'ViT-B_16'), ('Mixer-B/16', 'Mixer-B_16')]
+  for a, b in pairs:
+    assert models.get_model(a) == models.get_model(b), (a, b)
+
+
+@pytest.mark.parametrize('name', models.EXAMPLE_NAMES)
+def test_every_example_name_builds(name):
+  assert n_params(models.get_model(name, num_classes=10), 64) > 0
+
+
+@pytest.mark.parametrize('bad', ['ViT-X_16', 'B16', 'R50+ViT-B_8', 'Mixer-H_16',
+                                 'BiT-R77', ''])
+def test_unknown_name_is_an_error_listing_examples(bad):
+  with pytest.raises(ValueError, match='ViT-B_16|known: R'):
+    models.get_model(bad)
+
+
+def test_unknown_override_is_an_error_naming_it():
+  with pytest.raises(ValueError, match="unknown model option.*hidden_sise"):
+    models.get_model('B/16', hidden_sise=3)
+
+
+def test_flops_match_closed_form():
+  for size, patch, res in [('B', 16, 224), ('Ti', 16, 384), ('L', 32, 224)]:
+    v = vit.VARIANTS[size]
+    model = models.get_model(f'{size}/{patch}')
+    t = (res // patch) ** 2 + 1
+    expected = flops.vit_flops_formula(v['num_layers'], v['hidden_size'],
+                                       v['mlp_dim'], t, patch * patch * 3,
+                                       1000)
+    assert flops.forward_flops(model, (res, res)) == expected
+
+
+def test_flops_of_known_models():
+  # ViT-B/16: 17.6 G multiply-accumulates (the figure usually quoted).
+  b16 = flops.forward_flops(models.get_model('B/16'))
+  assert abs(b16 / 2 - 17.56e9) < 0.05e9
+  # ResNet-50: 4.1 G multiply-accumulates at 224.
+  r50 = flops.forward_flops(models.get_model('BiT-R50'))
+  assert abs(r50 / 2 - 4.1e9) < 0.1e9
+
+
+def test_param_count_of_arrays_and_shapes_agree():
+  model = models.get_model('mu/16', num_classes=3)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert flops.count_params(params) == n_params(model, 32)
+  assert flops.count_params(params) == sum(
+      np.size(x) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,100 @@
+"""Our models vs timm, an implementation nobody here wrote.
+
+Each case: build our model, randomize every parameter, write the official
+`.npz` layout with `checkpoint.save_npz`, load that file with timm's own
+`.npz` loader (`model.load_pretrained`, i.e. `_load_weights`) into the
+matching timm model, and compare logits on the same input.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import checkpoint
+from vit_jax import models
+from vit_jax.models import flops
+
+torch = pytest.importorskip('torch')
+timm = pytest.importorskip('timm')
+torch.set_num_threads(2)
+
+
+def randomized_params(model, image_size, seed=0):
+  """Init, then add N(0, 0.02) noise to every leaf (norms and the zero-init
+  head included, so a mis-mapped scale/bias or head cannot hide)."""
+  x = jnp.zeros((1, image_size, image_size, 3))
+  params = jax.jit(model.init)(jax.random.key(seed), x)['params']
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  leaves = [l + 0.02 * jax.random.normal(k, l.shape)
+            for l, k in zip(leaves, keys)]
+  return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2,
+                      perturb=None):
+  params = randomized_params(model, image_size)
+  path = str(tmp_path / 'ckpt.npz')
+  checkpoint.save_npz(path, params)
+  if perturb:  # changes our side only, after the file was written
+    params = perturb(params)
+  timm_model.load_pretrained(path)
+  timm_model.eval()
+  x = np.random.RandomState(0).uniform(
+      -1, 1, (batch, image_size, image_size, 3)).astype(np.float32)
+  ours = np.asarray(jax.jit(model.apply)({'params': params}, x))
+  with torch.no_grad():
+    theirs = timm_model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  assert ours.shape == theirs.shape
+  assert np.std(ours) > 1e-2, 'logits are degenerate; the test would be weak'
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+  # the parameter counts agree too
+  assert flops.count_params(params) == sum(
+      p.numel() for p in timm_model.parameters())
+
+
+VIT_CASES = [
+    ('Ti/16', 'vit_tiny_patch16_224', 224, {}, {}),
+    ('ViT-B_16', 'vit_base_patch16_224', 224, {}, {}),
+    ('ViT-B_32', 'vit_base_patch32_384', 384, {}, {}),
+    # gap: official layout has no class token and pools after encoder_norm
+    ('ViT-S_16-gap-norep', 'vit_small_patch16_224', 224, {},
+     dict(class_token=False, global_pool='avg', fc_norm=False)),
+    ('R26+S/32', 'vit_small_r26_s32_224', 224, {}, {}),
+    ('R_Ti/16', 'vit_tiny_r_s16_p8_224', 224, {}, {}),
+]
+
+
+@pytest.mark.parametrize('name,timm_name,size,ours_kw,timm_kw', VIT_CASES,
+                         ids=[c[0] for c in VIT_CASES])
+def test_logits_match_timm(tmp_path, name, timm_name, size, ours_kw, timm_kw):
+  model = models.get_model(name, num_classes=1000, **ours_kw)
+  timm_model = timm.create_model(timm_name, pretrained=False,
+                                 num_classes=1000, **timm_kw)
+  compare_with_timm(tmp_path, model, timm_model, size)
+
+
+def test_map_head_matches_timm(tmp_path):
+  """Attention-pooling head (big_vision MAPHead = timm AttentionPoolLatent)."""
+  model = models.get_model('S/16', classifier='map', num_classes=10)
+  timm_model = timm.models.VisionTransformer(
+      img_size=64, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+      num_classes=10, class_token=False, global_pool='map')
+  compare_with_timm(tmp_path, model, timm_model, 64)
+
+
+def test_timm_parity_catches_a_small_difference(tmp_path):
+  """The comparison is sharp: a 1 % change of one LayerNorm scale fails it."""
+  model = models.get_model('mu/16', num_classes=10)
+  timm_model = timm.models.VisionTransformer(
+      img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+      mlp_ratio=4, num_classes=10)
+  compare_with_timm(tmp_path, model, timm_model, 32)  # passes as it is
+
+  def perturb(params):
+    ln = params['Transformer']['encoderblock_1']['LayerNorm_2']
+    ln['scale'] = ln['scale'] * 1.01
+    return params
+  with pytest.raises(AssertionError):
+    compare_with_timm(tmp_path, model, timm_model, 32, perturb=perturb)

@@ -1,0 +1,206 @@
+"""`.npz` round trip, adaptation to new shapes, and the errors."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from vit_jax import checkpoint
+from vit_jax import models
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+def init(model, size):
+  x = jnp.zeros((1, *size, 3)) if isinstance(size, tuple) else jnp.zeros(
+      (1, size, size, 3))
+  return jax.jit(model.init)(jax.random.key(0), x)['params']
+
+
+def randomize(params, seed=1):
+  rng = np.random.RandomState(seed)
+  return jax.tree_util.tree_map(
+      lambda l: rng.standard_normal(l.shape).astype(l.dtype), params)
+
+
+# Small transformer for the hybrid: the stem is what matters here.
+TINY = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1)
+
+
+@pytest.mark.parametrize('name,kw', [('mu/16', {}), ('R_Ti/16', TINY),
+                                     ('Mixer-mu_16', {}), ('BiT-R8', {}),
+                                     ('ViTC-mu_16', {})])
+def test_round_trip_is_exact(tmp_path, name, kw):
+  model = models.get_model(name, num_classes=7, **kw)
+  params = randomize(init(model, 64))
+  path = str(tmp_path / 'p.npz')
+  checkpoint.save_npz(path, params)
+  back = checkpoint.load_npz(path)
+  flat_a, flat_b = checkpoint.flatten(params), checkpoint.flatten(back)
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:
+    assert flat_b[k].dtype == flat_a[k].dtype
+    np.testing.assert_array_equal(flat_b[k], flat_a[k])
+  # and loading into the same model is exact too
+  merged = checkpoint.merge(params, back)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, merged,
+                         jax.tree_util.tree_map(np.asarray, params))
+
+
+def test_saved_keys_are_the_official_names(tmp_path):
+  model = models.get_model('mu/16', num_classes=5, representation_size=8)
+  path = str(tmp_path / 'p.npz')
+  checkpoint.save_npz(path, init(model, 32))
+  keys = set(np.load(path).files)
+  d, h = 32, 2
+  expected = {
+      'embedding/kernel': (16, 16, 3, d),
+      'cls': (1, 1, d),
+      'Transformer/posembed_input/pos_embedding': (1, 5, d),
+      'Transformer/encoderblock_0/LayerNorm_0/scale': (d,),
+      'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel':
+          (d, h, d // h),
+      'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/out/kernel':
+          (h, d // h, d),
+      'Transformer/encoderblock_1/LayerNorm_2/bias': (d,),
+      'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel': (d, 128),
+      'Transformer/encoder_norm/scale': (d,),
+      'pre_logits/kernel': (d, 8),
+      'head/kernel': (8, 5),
+  }
+  z = np.load(path)
+  for k, shape in expected.items():
+    assert k in keys, k
+    assert z[k].shape == shape, k
+
+
+def test_posemb_resampling_matches_scipy_and_keeps_cls():
+  rng = np.random.RandomState(0)
+  pe = rng.randn(1, 1 + 4 * 4, 6).astype(np.float32)
+  out = checkpoint.resample_posemb(pe, (6, 6), num_prefix=1)
+  assert out.shape == (1, 37, 6)
+  np.testing.assert_array_equal(out[:, 0], pe[:, 0])
+  grid = scipy.ndimage.zoom(pe[0, 1:].reshape(4, 4, 6), (1.5, 1.5, 1), order=1)
+  np.testing.assert_allclose(out[0, 1:], grid.reshape(36, 6), rtol=1e-6)
+  # corners are kept (corner-aligned linear interpolation)
+  np.testing.assert_allclose(out[0, 1], pe[0, 1], rtol=1e-6)
+  np.testing.assert_allclose(out[0, -1], pe[0, -1], rtol=1e-6)
+
+
+def test_posemb_resampling_of_a_linear_ramp_is_exact():
+  """Bilinear resampling reproduces a field that is linear in (row, col)."""
+  r, c = np.meshgrid(np.arange(3), np.arange(5), indexing='ij')
+  field = np.stack([r, c], -1).reshape(1, 15, 2).astype(np.float64)
+  out = checkpoint.resample_posemb(field, (5, 9), num_prefix=0,
+                                   old_grid=(3, 5))
+  r2, c2 = np.meshgrid(np.linspace(0, 2, 5), np.linspace(0, 4, 9),
+                       indexing='ij')
+  np.testing.assert_allclose(out.reshape(5, 9, 2), np.stack([r2, c2], -1),
+                             atol=1e-12)
+
+
+def test_load_at_higher_resolution_non_square_and_gap(tmp_path):
+  src = models.get_model('mu/16', num_classes=10, classifier='gap')
+  src_params = randomize(init(src, 64))  # 4x4 grid, no class token
+  path = str(tmp_path / 's.npz')
+  checkpoint.save_npz(path, src_params)
+  dst = models.get_model('mu/16', num_classes=10, classifier='gap')
+  size = (96, 128)  # 6x8 grid
+  out = checkpoint.load_pretrained(path, init(dst, size), dst, size)
+  pe = out['Transformer']['posembed_input']['pos_embedding']
+  assert pe.shape == (1, 48, 32)
+  old = np.asarray(src_params['Transformer']['posembed_input']['pos_embedding'])
+  expected = scipy.ndimage.zoom(old[0].reshape(4, 4, 32), (6 / 4, 8 / 4, 1),
+                                order=1).reshape(1, 48, 32)
+  np.testing.assert_allclose(pe, expected, rtol=1e-5, atol=1e-6)
+  y = dst.apply({'params': out}, jnp.zeros((2, *size, 3)))
+  assert y.shape == (2, 10)
+
+
+def test_new_head_is_zero_and_pre_logits_dropped(tmp_path):
+  src = models.get_model('mu/16', num_classes=1000, representation_size=32)
+  path = str(tmp_path / 's.npz')
+  src_params = randomize(init(src, 32))
+  checkpoint.save_npz(path, src_params)
+  dst = models.get_model('mu/16', num_classes=10)
+  out = checkpoint.load_pretrained(path, init(dst, 32), dst, (32, 32))
+  assert 'pre_logits' not in out
+  assert out['head']['kernel'].shape == (32, 10)
+  assert not np.any(out['head']['kernel'])
+  np.testing.assert_array_equal(
+      out['embedding']['kernel'], src_params['embedding']['kernel'])
+  # same head size: the head is kept
+  same = models.get_model('mu/16', num_classes=1000)
+  out = checkpoint.load_pretrained(path, init(same, 32), same, (32, 32))
+  np.testing.assert_array_equal(out['head']['kernel'],
+                                src_params['head']['kernel'])
+
+
+def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
+  path = str(tmp_path / 's.npz')
+  checkpoint.save_npz(path, init(models.get_model('mu/16'), 32))
+  dst = models.get_model('mu/16', mlp_dim=64)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'encoderblock_0/MlpBlock_3/Dense_0/kernel: '
+                     r'checkpoint has shape \(32, 128\), the model expects '
+                     r'\(32, 64\).*Dense_1/kernel'):
+    checkpoint.load_pretrained(path, init(dst, 32))
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+  path = str(tmp_path / 's.npz')
+  checkpoint.save_npz(path, init(models.get_model('mu/16', num_layers=3), 32))
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='unexpected in checkpoint: Transformer/'
+                     'encoderblock_2/'):
+    checkpoint.load_pretrained(path, init(models.get_model('mu/16'), 32))
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='missing in checkpoint: .*encoderblock_3/'):
+    checkpoint.load_pretrained(
+        path, init(models.get_model('mu/16', num_layers=4), 32))
+  gap = models.get_model('mu/16', classifier='gap')
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='unexpected in checkpoint: .*, cls$'):
+    checkpoint.load_pretrained(path, init(gap, 32))
+
+
+def test_missing_and_corrupt_files(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match='not found'):
+    checkpoint.load_npz(str(tmp_path / 'nope.npz'))
+  bad = tmp_path / 'bad.npz'
+  bad.write_bytes(b'not a zip')
+  with pytest.raises(checkpoint.CheckpointError, match='not a readable'):
+    checkpoint.load_npz(str(bad))
+
+
+def test_legacy_groupnorm_shapes_are_fixed(tmp_path):
+  model = models.get_model('R_Ti/16', num_classes=3, **TINY)
+  params = randomize(init(model, 32))
+  flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
+  flat['gn_root/scale'] = flat['gn_root/scale'].reshape(1, 1, 1, -1)
+  path = str(tmp_path / 'old.npz')
+  np.savez(path, **flat)
+  out = checkpoint.load_pretrained(path, init(model, 32))
+  np.testing.assert_array_equal(out['gn_root']['scale'],
+                                params['gn_root']['scale'])
+
+
+def test_inspect_cli(tmp_path):
+  path = str(tmp_path / 's.npz')
+  checkpoint.save_npz(path, init(models.get_model('mu/16', num_classes=4), 32))
+  out = subprocess.run([sys.executable, '-m', 'vit_jax.checkpoint', 'inspect',
+                        path], capture_output=True, text=True, check=True)
+  assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel' in out.stdout
+  assert '(128, 32)' in out.stdout
+  n = sum(np.size(v) for v in np.load(path).values())
+  assert f'{n:,} parameters' in out.stdout
+  bad = subprocess.run([sys.executable, '-m', 'vit_jax.checkpoint', 'inspect',
+                        str(tmp_path / 'x.npz')], capture_output=True,
+                       text=True)
+  assert bad.returncode == 1
+  assert bad.stderr.strip().startswith('error: checkpoint not found')
+  assert 'Traceback' not in bad.stderr

@@ -1,0 +1,173 @@
+"""Classify images with a checkpoint: top-5 classes per image.
+
+    python -m vit_jax.predict --model=Ti/16 --checkpoint=ViT-Ti_16.npz \
+        [--resolution=224] [--crop_pct=0.9] [--labels=FILE] [--json] \
+        IMAGE_OR_DIR...
+
+Eval preprocessing: decode to RGB, resize the shorter side to
+round(resolution / crop_pct) with bicubic (antialiased) resampling, center
+crop resolution x resolution, scale pixels to [-1, 1]. With `--crop_pct=1`
+the shorter side is resized straight to the resolution. The number of classes
+is read from the checkpoint's head; position embeddings are resampled when
+`--resolution` differs from the checkpoint's.
+
+`--labels` is a text file with one class name per line, or a TSV whose last
+column is the name (e.g. `index<TAB>wnid<TAB>name`); without it classes are
+printed as `class_<index>`. With `--json` each image is one line:
+`{"image": PATH, "top5": [[class_index, label, probability], ...]}`.
+
+Errors (missing file, unreadable image, a checkpoint that does not fit the
+model, an unknown model name) print one line and exit with status 1.
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
+                    '.tiff')
+
+
+class PredictError(Exception):
+  """A user error; printed as one line."""
+
+
+def list_images(paths: Sequence[str]) -> list[str]:
+  """Expands directories (sorted, image extensions only); checks existence."""
+  out = []
+  for p in paths:
+    if os.path.isdir(p):
+      found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                     if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not found:
+        raise PredictError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in '
+                           f'directory {p}')
+      out += found
+    elif os.path.isfile(p):
+      out.append(p)
+    else:
+      raise PredictError(f'no such file or directory: {p}')
+  return out
+
+
+def load_image(path: str, resolution: int, crop_pct: float) -> np.ndarray:
+  """Eval preprocessing (module doc) -> float32 [resolution, resolution, 3]."""
+  try:
+    with Image.open(path) as im:
+      im = im.convert('RGB')
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise PredictError(f'cannot read image {path}: {e}') from e
+  scale = round(resolution / crop_pct) / min(im.size)
+  w, h = (max(resolution, round(s * scale)) for s in im.size)
+  im = im.resize((w, h), Image.BICUBIC)
+  left, top = (w - resolution) // 2, (h - resolution) // 2
+  im = im.crop((left, top, left + resolution, top + resolution))
+  return np.asarray(im, np.float32) / 127.5 - 1.0
+
+
+def read_labels(path: Optional[str], num_classes: int) -> list[str]:
+  """Class names from a file (module doc), or `class_<i>`."""
+  if path is None:
+    return [f'class_{i}' for i in range(num_classes)]
+  if not os.path.isfile(path):
+    raise PredictError(f'no such labels file: {path}')
+  with open(path) as f:
+    names = [line.rstrip('\n').split('\t')[-1] for line in f if line.strip()]
+  if len(names) != num_classes:
+    raise PredictError(f'{path} has {len(names)} labels, the checkpoint has '
+                       f'{num_classes} classes')
+  return names
+
+
+def load_classifier(model_name: str, checkpoint_path: str, resolution: int):
+  """Builds the model and loads the checkpoint; returns (apply_fn, classes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+
+  try:
+    restored = checkpoint.load_npz(checkpoint_path)
+    if 'head' not in restored:
+      raise PredictError(f'{checkpoint_path} has no classification head')
+    num_classes = int(np.shape(restored['head']['bias'])[-1])
+    model = models.get_model(model_name, num_classes=num_classes)
+    shape = (1, resolution, resolution, 3)
+    init = jax.jit(model.init)(jax.random.key(0), jnp.zeros(shape))['params']
+    grid = (model.patch_grid((resolution, resolution))
+            if hasattr(model, 'patch_grid') else None)
+    params = checkpoint.merge(init, restored, grid=grid)
+  except (checkpoint.CheckpointError, ValueError) as e:
+    raise PredictError(str(e)) from e
+
+  @jax.jit
+  def probs(images):
+    return jax.nn.softmax(model.apply({'params': params}, images), axis=-1)
+  return probs, num_classes
+
+
+def batched(items: Sequence[str], n: int) -> Iterator[Sequence[str]]:
+  for i in range(0, len(items), n):
+    yield items[i:i + n]
+
+
+def predict(probs_fn, paths: Sequence[str], resolution: int, crop_pct: float,
+            batch_size: int) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (path, class probabilities [num_classes]) per image."""
+  for chunk in batched(paths, batch_size):
+    x = np.stack([load_image(p, resolution, crop_pct) for p in chunk])
+    n = len(chunk)
+    if n < batch_size:  # pad so one compiled shape serves every batch
+      x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]),
+                                      x.dtype)])
+    p = np.asarray(probs_fn(x))[:n]
+    yield from zip(chunk, p)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m vit_jax.predict',
+      description='Top-5 classes per image with a ViT checkpoint.')
+  parser.add_argument('--model', required=True,
+                      help='registry name, e.g. Ti/16, ViT-B_16, R26+S/32')
+  parser.add_argument('--checkpoint', required=True, help='official .npz')
+  parser.add_argument('--resolution', type=int, default=224)
+  parser.add_argument('--crop_pct', type=float, default=0.9)
+  parser.add_argument('--labels', default=None)
+  parser.add_argument('--batch_size', type=int, default=32)
+  parser.add_argument('--json', action='store_true')
+  parser.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR')
+  args = parser.parse_args(argv)
+  try:
+    if not 0 < args.crop_pct <= 1:
+      raise PredictError(f'--crop_pct={args.crop_pct} must be in (0, 1]')
+    paths = list_images(args.images)
+    if not os.path.isfile(args.checkpoint):
+      raise PredictError(f'no such checkpoint: {args.checkpoint}')
+    probs_fn, num_classes = load_classifier(args.model, args.checkpoint,
+                                            args.resolution)
+    labels = read_labels(args.labels, num_classes)
+    for path, p in predict(probs_fn, paths, args.resolution, args.crop_pct,
+                           args.batch_size):
+      top = np.argsort(-p)[:5]
+      if args.json:
+        print(json.dumps({'image': path, 'top5': [
+            [int(i), labels[i], round(float(p[i]), 6)] for i in top]}))
+      else:
+        print(path)
+        for rank, i in enumerate(top, 1):
+          print(f'  {rank}. {labels[i]} ({i}): {p[i]:.4f}')
+      sys.stdout.flush()
+  except PredictError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
