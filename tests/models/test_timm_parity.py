@@ -98,3 +98,42 @@ def test_timm_parity_catches_a_small_difference(tmp_path):
     return params
   with pytest.raises(AssertionError):
     compare_with_timm(tmp_path, model, timm_model, 32, perturb=perturb)
+
+
+def test_mixer_matches_timm():
+  """timm has no `.npz` reader for Mixer: map the official keys by hand."""
+  model = models.get_model('Mixer-B_16', num_blocks=2, num_classes=10)
+  size = 64
+  params = randomized_params(model, size)
+  flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
+  timm_model = timm.models.MlpMixer(
+      num_classes=10, img_size=size, patch_size=16, num_blocks=2,
+      embed_dim=768, mlp_ratio=(0.5, 4.0))
+  t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+  sd = {'stem.proj.weight': t(flat['stem/kernel'].transpose(3, 2, 0, 1)),
+        'stem.proj.bias': t(flat['stem/bias']),
+        'norm.weight': t(flat['pre_head_layer_norm/scale']),
+        'norm.bias': t(flat['pre_head_layer_norm/bias']),
+        'head.weight': t(flat['head/kernel'].T),
+        'head.bias': t(flat['head/bias'])}
+  for i in range(2):
+    b = f'MixerBlock_{i}/'
+    for ours, theirs in [('LayerNorm_0', 'norm1'), ('LayerNorm_1', 'norm2')]:
+      sd[f'blocks.{i}.{theirs}.weight'] = t(flat[b + ours + '/scale'])
+      sd[f'blocks.{i}.{theirs}.bias'] = t(flat[b + ours + '/bias'])
+    for ours, theirs in [('token_mixing', 'mlp_tokens'),
+                         ('channel_mixing', 'mlp_channels')]:
+      for j in range(2):
+        sd[f'blocks.{i}.{theirs}.fc{j + 1}.weight'] = t(
+            flat[f'{b}{ours}/Dense_{j}/kernel'].T)
+        sd[f'blocks.{i}.{theirs}.fc{j + 1}.bias'] = t(
+            flat[f'{b}{ours}/Dense_{j}/bias'])
+  timm_model.load_state_dict(sd, strict=True)
+  timm_model.eval()
+  x = np.random.RandomState(0).uniform(-1, 1, (2, size, size, 3)).astype(
+      np.float32)
+  ours = np.asarray(model.apply({'params': params}, x))
+  with torch.no_grad():
+    theirs = timm_model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  assert np.std(ours) > 1e-2
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
