@@ -27,47 +27,12 @@ import sys
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
-                    '.tiff')
+from vit_jax import images
 
 
 class PredictError(Exception):
   """A user error; printed as one line."""
-
-
-def list_images(paths: Sequence[str]) -> list[str]:
-  """Expands directories (sorted, image extensions only); checks existence."""
-  out = []
-  for p in paths:
-    if os.path.isdir(p):
-      found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                     if f.lower().endswith(IMAGE_EXTENSIONS))
-      if not found:
-        raise PredictError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in '
-                           f'directory {p}')
-      out += found
-    elif os.path.isfile(p):
-      out.append(p)
-    else:
-      raise PredictError(f'no such file or directory: {p}')
-  return out
-
-
-def load_image(path: str, resolution: int, crop_pct: float) -> np.ndarray:
-  """Eval preprocessing (module doc) -> float32 [resolution, resolution, 3]."""
-  try:
-    with Image.open(path) as im:
-      im = im.convert('RGB')
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise PredictError(f'cannot read image {path}: {e}') from e
-  scale = round(resolution / crop_pct) / min(im.size)
-  w, h = (max(resolution, round(s * scale)) for s in im.size)
-  im = im.resize((w, h), Image.BICUBIC)
-  left, top = (w - resolution) // 2, (h - resolution) // 2
-  im = im.crop((left, top, left + resolution, top + resolution))
-  return np.asarray(im, np.float32) / 127.5 - 1.0
 
 
 def read_labels(path: Optional[str], num_classes: int) -> list[str]:
@@ -120,7 +85,8 @@ def predict(probs_fn, paths: Sequence[str], resolution: int, crop_pct: float,
             batch_size: int) -> Iterator[tuple[str, np.ndarray]]:
   """Yields (path, class probabilities [num_classes]) per image."""
   for chunk in batched(paths, batch_size):
-    x = np.stack([load_image(p, resolution, crop_pct) for p in chunk])
+    x = images.to_model_range(np.stack(
+        [images.load_image(p, resolution, crop_pct) for p in chunk]))
     n = len(chunk)
     if n < batch_size:  # pad so one compiled shape serves every batch
       x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]),
@@ -146,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     if not 0 < args.crop_pct <= 1:
       raise PredictError(f'--crop_pct={args.crop_pct} must be in (0, 1]')
-    paths = list_images(args.images)
+    paths = images.list_images(args.images)
     if not os.path.isfile(args.checkpoint):
       raise PredictError(f'no such checkpoint: {args.checkpoint}')
     probs_fn, num_classes = load_classifier(args.model, args.checkpoint,
@@ -163,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for rank, i in enumerate(top, 1):
           print(f'  {rank}. {labels[i]} ({i}): {p[i]:.4f}')
       sys.stdout.flush()
-  except PredictError as e:
+  except (PredictError, images.ImageError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

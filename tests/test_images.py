@@ -1,0 +1,52 @@
+"""Eval image loading: listing, decoding errors, resize + center crop."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import images
+
+
+def write(path, w, h):
+  rng = np.random.RandomState(0)
+  Image.fromarray(rng.randint(0, 256, (h, w, 3), np.uint8)).save(path)
+  return str(path)
+
+
+def test_resize_shorter_side_then_center_crop(tmp_path):
+  p = write(tmp_path / 'a.png', 300, 200)
+  out = images.load_image(p, resolution=160, crop_pct=0.8)
+  assert out.shape == (160, 160, 3) and out.dtype == np.uint8
+  # reference: shorter side 200 -> 200, so the image is 300x200, crop center
+  with Image.open(p) as im:
+    ref = np.asarray(im.convert('RGB').crop((70, 20, 230, 180)))
+  np.testing.assert_array_equal(out, ref)
+
+
+def test_crop_pct_one_resizes_shorter_side_to_resolution(tmp_path):
+  p = write(tmp_path / 'a.png', 64, 32)
+  out = images.load_image(p, resolution=16, crop_pct=1.0)
+  with Image.open(p) as im:
+    ref = np.asarray(im.resize((32, 16), Image.BICUBIC).crop((8, 0, 24, 16)))
+  np.testing.assert_array_equal(out, ref)
+  x = images.to_model_range(out)
+  assert x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+
+
+def test_listing_and_errors(tmp_path):
+  write(tmp_path / 'b.jpg', 8, 8)
+  write(tmp_path / 'a.png', 8, 8)
+  (tmp_path / 'notes.txt').write_text('x')
+  assert images.list_images([str(tmp_path)]) == [
+      str(tmp_path / 'a.png'), str(tmp_path / 'b.jpg')]
+  with pytest.raises(images.ImageError, match='no such file or directory'):
+    images.list_images([str(tmp_path / 'zzz.jpg')])
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(images.ImageError, match='no images'):
+    images.list_images([str(empty)])
+  (tmp_path / 'bad.jpg').write_bytes(b'nope')
+  with pytest.raises(images.ImageError, match='cannot read image .*bad.jpg'):
+    images.load_image(str(tmp_path / 'bad.jpg'))
+  with pytest.raises(images.ImageError, match='crop_pct'):
+    images.load_image(str(tmp_path / 'a.png'), crop_pct=1.5)

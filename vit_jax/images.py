@@ -1,0 +1,64 @@
+"""Reading image files for evaluation: listing, decoding, eval preprocessing.
+
+Used by `predict` and the analyses (training reads data through its input
+pipelines). Eval preprocessing: decode to RGB, resize the shorter side to
+round(resolution / crop_pct) with bicubic (antialiased) resampling, then a
+centered resolution x resolution crop. `crop_pct=0.9` at 224 gives the
+resize-249-crop-224 of timm's default for these models; `crop_pct=1` resizes
+the shorter side straight to the resolution.
+"""
+
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
+                    '.tiff')
+
+
+class ImageError(ValueError):
+  """A missing or unreadable image; the message names the path."""
+
+
+def list_images(paths: Sequence[str]) -> list[str]:
+  """Files as given, directories expanded (sorted, image extensions only)."""
+  out = []
+  for p in paths:
+    if os.path.isdir(p):
+      found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                     if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not found:
+        raise ImageError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in '
+                         f'directory {p}')
+      out += found
+    elif os.path.isfile(p):
+      out.append(p)
+    else:
+      raise ImageError(f'no such file or directory: {p}')
+  return out
+
+
+def load_image(path: str, resolution: int = 224,
+               crop_pct: float = 0.9) -> np.ndarray:
+  """Eval preprocessing (module doc) -> uint8 [resolution, resolution, 3]."""
+  if not 0 < crop_pct <= 1:
+    raise ImageError(f'crop_pct={crop_pct} must be in (0, 1]')
+  try:
+    with Image.open(path) as im:
+      im = im.convert('RGB')
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageError(f'cannot read image {path}: {e}') from e
+  scale = round(resolution / crop_pct) / min(im.size)
+  w, h = (max(resolution, round(s * scale)) for s in im.size)
+  if (w, h) != im.size:
+    im = im.resize((w, h), Image.BICUBIC)
+  left, top = (w - resolution) // 2, (h - resolution) // 2
+  im = im.crop((left, top, left + resolution, top + resolution))
+  return np.asarray(im, np.uint8)
+
+
+def to_model_range(images: np.ndarray) -> np.ndarray:
+  """uint8 pixels [..., 3] -> float32 in [-1, 1]."""
+  return np.asarray(images, np.float32) / 127.5 - 1.0
