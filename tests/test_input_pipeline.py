@@ -1,0 +1,145 @@
+"""tf.data input: image folders, tfds (mocked), digits; sharding, resume."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from configs import common
+from vit_jax import input_pipeline as ip
+
+
+def make_folder(root, n_per_class=(5, 3, 4), size=(10, 12)):
+  rng = np.random.RandomState(0)
+  for split in ('train', 'test'):
+    for c, n in enumerate(n_per_class):
+      d = root / split / f'class_{c}'
+      d.mkdir(parents=True)
+      for i in range(n):
+        px = np.full((*size, 3), 40 * c, np.uint8) + rng.randint(
+            0, 20, (*size, 3)).astype(np.uint8)
+        Image.fromarray(px).save(d / f'{i:03d}.png')
+  return root
+
+
+def folder_config(root, **kw):
+  return common.data_config(
+      dataset=f'folder:{root}', train_split='train', eval_split='test',
+      pp_train='decode|random_crop(8)|flip_lr|value_range(-1,1)',
+      pp_eval='decode|central_crop(8)|value_range(-1,1)', shuffle_buffer=16,
+      **kw)
+
+
+def test_folder_info_batches_and_labels(tmp_path):
+  data = folder_config(make_folder(tmp_path))
+  info = ip.dataset_info(data)
+  assert (info.num_classes, info.num_train, info.num_eval) == (3, 12, 12)
+  assert info.class_names == ('class_0', 'class_1', 'class_2')
+  b = next(ip.train_iterator(data, global_batch_size=6, seed=0))
+  assert b['image'].shape == (6, 8, 8, 3) and b['image'].dtype == np.float32
+  assert -1 <= b['image'].min() and b['image'].max() <= 1
+  # pixel level encodes the class (40 * c + noise < 20)
+  level = np.round((b['image'].mean((1, 2, 3)) + 1) * 127.5 / 40 - 0.12)
+  np.testing.assert_array_equal(level, b['label'])
+
+
+def test_resume_equals_straight_run(tmp_path):
+  data = folder_config(make_folder(tmp_path))
+  straight = ip.train_iterator(data, global_batch_size=4, seed=7)
+  batches = [next(straight) for _ in range(8)]  # > 2 epochs of 12
+  resumed = ip.train_iterator(data, global_batch_size=4, seed=7,
+                              start_step=5)
+  for k in range(5, 8):
+    b = next(resumed)
+    np.testing.assert_array_equal(b['image'], batches[k]['image'])
+    np.testing.assert_array_equal(b['label'], batches[k]['label'])
+  other = next(ip.train_iterator(data, global_batch_size=4, seed=8))
+  assert not np.array_equal(other['image'], batches[0]['image'])
+
+
+def test_eval_covers_every_example_once_across_processes(tmp_path):
+  data = folder_config(make_folder(tmp_path, n_per_class=(4, 3, 4)))
+  seen, counts = [], []
+  for pi in range(2):
+    batches = list(ip.eval_iterator(data, global_batch_size=4,
+                                    process_index=pi, process_count=2))
+    counts.append(len(batches))
+    for b in batches:
+      assert b['image'].shape[0] == 2
+      seen += [(float(im.sum()), int(l)) for im, l, m in
+               zip(b['image'], b['label'], b['mask']) if m]
+  assert counts[0] == counts[1]  # every process runs the same number
+  assert len(seen) == 11 and len(set(seen)) == 11
+  assert sorted(l for _, l in seen) == [0] * 4 + [1] * 3 + [2] * 4
+
+
+def test_train_shards_are_disjoint(tmp_path):
+  data = folder_config(make_folder(tmp_path), cache=False)
+  data.pp_train = 'decode|value_range(-1,1)'
+  data.shuffle_buffer = 1  # first local batch = the shard in file order
+  firsts = []
+  for pi in range(2):
+    it = ip.train_iterator(data, global_batch_size=12, seed=0,
+                           process_index=pi, process_count=2)
+    b = next(it)  # local batch 6 = the whole shard
+    firsts.append({im.tobytes() for im in b['image']})
+  assert not firsts[0] & firsts[1]
+  assert len(firsts[0] | firsts[1]) == 12
+
+
+def test_tfds_mocked():
+  data = common.data_config(
+      dataset='cifar10', train_split='train[:90%]', eval_split='test',
+      pp_train='decode|random_crop(28)|flip_lr|value_range(-1,1)',
+      pp_eval='decode|central_crop(28)|value_range(-1,1)', shuffle_buffer=10)
+  with tfds.testing.mock_data(num_examples=20):
+    info = ip.dataset_info(data)
+    assert info.num_classes == 10
+    b = next(ip.train_iterator(data, global_batch_size=8, seed=0))
+    assert b['image'].shape == (8, 28, 28, 3)
+    ev = list(ip.eval_iterator(data, global_batch_size=8))
+    assert sum(int(e['mask'].sum()) for e in ev) == info.num_eval
+
+
+def test_digits_embedded_default():
+  data = common.data_config(dataset='digits', train_split='train',
+                            eval_split='test', pp_train='resize(16)|'
+                            'value_range(-1,1)', pp_eval='resize(16)|'
+                            'value_range(-1,1)', shuffle_buffer=100)
+  info = ip.dataset_info(data)
+  assert (info.num_classes, info.num_train, info.num_eval) == (10, 1500, 297)
+  b = next(ip.train_iterator(data, global_batch_size=32, seed=0))
+  assert b['image'].shape == (32, 16, 16, 3)
+  assert len(set(b['label'].tolist())) > 3
+
+
+def test_real_cifar10_folder(shared_data):
+  data = common.data_config(
+      dataset=f'folder:{shared_data}/cifar10', train_split='train',
+      eval_split='test', pp_train='decode|value_range(-1,1)',
+      pp_eval='decode|value_range(-1,1)', shuffle_buffer=1000, cache=False)
+  info = ip.dataset_info(data)
+  assert (info.num_classes, info.num_train, info.num_eval) == (10, 50_000,
+                                                              10_000)
+  assert info.class_names[0] == 'airplane' and info.class_names[-1] == 'truck'
+  b = next(ip.train_iterator(data, global_batch_size=256, seed=0))
+  assert b['image'].shape == (256, 32, 32, 3)
+  assert len(set(b['label'].tolist())) == 10  # classes are interleaved
+
+
+@pytest.mark.parametrize('dataset,match', [
+    ('folder:/nonexistent/x', 'does not exist'),
+    ('cifar11', 'not a tfds dataset'),
+])
+def test_bad_datasets(dataset, match):
+  data = common.data_config(dataset=dataset, train_split='train',
+                            eval_split='test')
+  with pytest.raises(ValueError, match=match):
+    ip.dataset_info(data)
+
+
+def test_missing_split_names_the_existing_ones(tmp_path):
+  data = folder_config(make_folder(tmp_path))
+  data.eval_split = 'validation'
+  with pytest.raises(ValueError, match="split .validation.*splits here: test, train"):
+    ip.dataset_info(data)
