@@ -57,6 +57,37 @@ def test_resume_equals_straight_run(tmp_path):
   assert not np.array_equal(other['image'], batches[0]['image'])
 
 
+def test_each_epoch_is_a_new_permutation(tmp_path):
+  data = folder_config(make_folder(tmp_path))
+  data.pp_train = 'decode|value_range(-1,1)'  # no augmentation
+  it = ip.train_iterator(data, global_batch_size=4, seed=0)
+  epochs = []
+  for _ in range(2):
+    ims = np.concatenate([next(it)['image'] for _ in range(3)])  # 12 / 4
+    epochs.append([im.tobytes() for im in ims])
+  assert len(set(epochs[0])) == 12 and set(epochs[0]) == set(epochs[1])
+  assert epochs[0] != epochs[1]  # reshuffled, seeded by (seed, epoch)
+
+
+@pytest.mark.parametrize('cache', [True, False])
+def test_cache_keeps_decoded_images(tmp_path, cache):
+  root = make_folder(tmp_path)
+  data = folder_config(root, cache=cache, prefetch=1)
+  it = ip.train_iterator(data, global_batch_size=4, seed=0)
+  for _ in range(3):  # one epoch: every file read and decoded once
+    next(it)
+  for f in root.glob('train/*/*.png'):
+    f.unlink()
+  def later_epochs():
+    for _ in range(9):
+      next(it)
+  if cache:
+    later_epochs()  # served from memory
+  else:
+    with pytest.raises(Exception, match='(?i)not found|no such file'):
+      later_epochs()
+
+
 def test_eval_covers_every_example_once_across_processes(tmp_path):
   data = folder_config(make_folder(tmp_path, n_per_class=(4, 3, 4)))
   seen, counts = [], []
@@ -141,5 +172,30 @@ def test_bad_datasets(dataset, match):
 def test_missing_split_names_the_existing_ones(tmp_path):
   data = folder_config(make_folder(tmp_path))
   data.eval_split = 'validation'
-  with pytest.raises(ValueError, match="split .validation.*splits here: test, train"):
+  with pytest.raises(ValueError,
+                     match='split .validation.*splits here: test, train'):
     ip.dataset_info(data)
+
+
+def test_tfds_dirs_are_honoured(monkeypatch, tmp_path):
+  seen = {}
+
+  class FakeBuilder:
+    def download_and_prepare(self, download_config):
+      seen['manual_dir'] = download_config.manual_dir
+      raise OSError('no internet')
+
+  def fake_builder(name, data_dir=None):
+    seen['name'], seen['data_dir'] = name, data_dir
+    fb = FakeBuilder()
+    fb.data_dir = data_dir
+    return fb
+
+  monkeypatch.setattr(tfds, 'builder', fake_builder)
+  data = common.data_config(dataset='imagenet2012',
+                            tfds_data_dir=str(tmp_path / 'tfds'),
+                            tfds_manual_dir=str(tmp_path / 'manual'))
+  with pytest.raises(ValueError, match='imagenet2012.*not prepared'):
+    ip.dataset_info(data)
+  assert seen == {'name': 'imagenet2012', 'data_dir': str(tmp_path / 'tfds'),
+                  'manual_dir': str(tmp_path / 'manual')}

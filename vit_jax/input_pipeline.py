@@ -13,10 +13,17 @@ shard (`tfds.split_for_jax_process` / every process_count-th file) and yields
 its slice of the global batch as numpy arrays; the trainer assembles the global
 `jax.Array`.
 
-Determinism: the example order is a seeded shuffle of a fixed file order, and
-the augmentation of the k-th example is seeded by (seed, k), so
+Determinism: epoch e is a shuffle of a fixed file order seeded by (seed, e),
+and the augmentation of the k-th example is seeded by (seed, k), so
 `train_iterator(start_step=s)` yields exactly what an uninterrupted iterator
-yields from its s-th batch on (examples are skipped before decoding).
+yields from its s-th batch on (whole epochs are not replayed; examples of the
+current epoch are skipped before augmentation).
+
+Cache (`data.cache`): the train split is kept in memory after `decode` (the
+first pp op), so later epochs neither read nor decode files; only the random
+ops run per step. The eval split is cached after its whole (deterministic)
+pp. Needs memory for the decoded split: 150 MB for CIFAR-10, far too much for
+ImageNet (set cache=False there).
 
 Batches: {'image': float32 [local_batch, H, W, 3], 'label': int32
 [local_batch]} (+ 'mask': bool [local_batch] in eval, False on padding).
@@ -25,6 +32,7 @@ Batches: {'image': float32 [local_batch, H, W, 3], 'label': int32
 import dataclasses
 import math
 import os
+import sys
 from typing import Iterator, Optional
 
 import jax
@@ -38,6 +46,21 @@ tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators
 
 FOLDER = 'folder:'
 DIGITS = 'digits'
+_NO_SEED = tf.zeros([2], tf.int32)  # for deterministic ops
+# Cached eval datasets (decoded images in memory), by config and process.
+_EVAL_CACHE: dict[tuple, tf.data.Dataset] = {}
+
+
+def _map(ds: tf.data.Dataset, fn) -> tf.data.Dataset:
+  """Parallel, order-keeping map of plain TF code (no autograph)."""
+  return ds.map(tf.autograph.experimental.do_not_convert(fn),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+@tf.autograph.experimental.do_not_convert
+def _plus_one(count, example):
+  del example
+  return count + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,15 +116,16 @@ class _Folder:
     order = np.random.default_rng(0).permutation(len(files))[pi::pc]
     ds = tf.data.Dataset.from_tensor_slices(
         ([files[i] for i in order], np.asarray(labels, np.int32)[order]))
-    return ds.map(lambda f, l: (tf.io.read_file(f), l))
+    return _map(ds, lambda f, l: (tf.io.read_file(f), l))
 
 
 class _Digits:
   """scikit-learn's digits, uint8 RGB 8x8 (shared with `inmemory:digits`)."""
 
   def _load(self, split):
-    from vit_jax import inmemory_input  # pylint: disable=g-import-not-at-top
-    return inmemory_input._load_digits(split)  # pylint: disable=protected-access
+    # pylint: disable=g-import-not-at-top,protected-access
+    from vit_jax import inmemory_input
+    return inmemory_input._load_digits(split)
 
   def classes(self, split):
     return self._load(split)[2]
@@ -125,6 +149,11 @@ class _Tfds:
       raise ValueError(
           f'config.data.dataset={name!r}: not a tfds dataset; use a tfds '
           "name (e.g. cifar10), 'folder:/path' or 'digits'") from e
+    if not tf.io.gfile.exists(
+        os.path.join(self.builder.data_dir, 'dataset_info.json')):
+      print(f'tfds: {name} is not prepared in {self.builder.data_dir}; '
+            'downloading and preparing it (set config.data.tfds_data_dir to '
+            'a prepared copy to skip)', file=sys.stderr, flush=True)
     try:
       self.builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -146,7 +175,7 @@ class _Tfds:
     except KeyError:  # no split metadata (e.g. tfds.testing.mock_data)
       ds = self.builder.as_dataset(split=split)
       n = int(ds.cardinality())
-      return n if n >= 0 else int(ds.reduce(0, lambda c, _: c + 1))
+      return n if n >= 0 else int(ds.reduce(0, _plus_one))
 
   def read(self, split, pi, pc):
     split = tfds.split_for_jax_process(split, process_index=pi,
@@ -154,7 +183,8 @@ class _Tfds:
     ds = self.builder.as_dataset(
         split=split, shuffle_files=False,
         decoders={'image': tfds.decode.SkipDecoding()})
-    return ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+    return _map(ds, lambda ex: (ex['image'],
+                                tf.cast(ex['label'], tf.int32)))
 
 
 def _source(data):
@@ -189,26 +219,64 @@ def _local_batch(global_batch_size, pc) -> int:
   return global_batch_size // pc
 
 
+def _split_decode(pp_string: str):
+  """(decode fn or None, fn of the remaining ops) of a pp string."""
+  ops = pp.parse(pp_string)
+  if ops and ops[0][0] == 'decode':
+    return pp.build_ops(ops[:1]), pp.build_ops(ops[1:])
+  return None, pp.build_ops(ops)
+
+
+def _count(ds: tf.data.Dataset) -> int:
+  n = int(ds.cardinality())
+  return n if n >= 0 else int(ds.reduce(0, _plus_one))
+
+
 def train_iterator(data, *, global_batch_size: int, seed: int,
                    start_step: int = 0, process_index: Optional[int] = None,
                    process_count: Optional[int] = None) -> Iterator[dict]:
-  """Infinite shuffled, augmented batches of this process (module doc)."""
+  """Infinite shuffled, augmented batches of this process (module doc).
+
+  Epoch e of this process is its shard shuffled with a buffer of
+  `data.shuffle_buffer` seeded by (seed, process, e); example k of the
+  stream (counted from the start of training) is augmented with the seed
+  (seed + process, k). Resuming at `start_step` starts at the right epoch and
+  skips only the examples of that epoch already consumed.
+
+  Yields:
+    {'image': float32 [local_batch, H, W, 3], 'label': int32 [local_batch]},
+    local_batch = global_batch_size // process_count.
+  """
   pi, pc = _procs(process_index, process_count)
   local = _local_batch(global_batch_size, pc)
-  fn = pp.build(data.pp_train)
-  ds = _source(data).read(data.train_split, pi, pc)
+  decode, fn = _split_decode(data.pp_train)
+  base = _source(data).read(data.train_split, pi, pc)
+  if decode is not None:  # decode once, before the cache
+    base = _map(base, lambda image, label: (decode(image, _NO_SEED), label))
   if data.cache:
-    ds = ds.cache()  # encoded bytes / small arrays, not decoded images
-  ds = ds.repeat().shuffle(data.shuffle_buffer, seed=seed + pi,
-                           reshuffle_each_iteration=True)
-  ds = ds.enumerate().skip(start_step * local)
+    base = base.cache()  # decoded images in memory after the first epoch
+  n = _count(base)
+  if n < local:
+    raise ValueError(f'{data.dataset} {data.train_split}: {n} examples per '
+                     f'process, fewer than the local batch {local}')
+  first = start_step * local
+  epoch0 = first // n
+
+  def epoch(e):
+    shuffle_seed = ((seed * 1_000_003 + pi) * 1_000_033 + e) % (2**62)
+    shuffled = base.shuffle(data.shuffle_buffer, seed=shuffle_seed,
+                            reshuffle_each_iteration=False)
+    return tf.data.Dataset.zip((tf.data.Dataset.range(e * n, (e + 1) * n),
+                                shuffled))
+  ds = tf.data.Dataset.range(epoch0, 2**62).flat_map(epoch)
+  ds = ds.skip(first - epoch0 * n)
 
   def prep(k, example):
     image, label = example
     s = tf.stack([tf.cast(seed + pi, tf.int32),
                   tf.cast(k % (2**31 - 1), tf.int32)])
     return {'image': fn(image, s), 'label': label}
-  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = _map(ds, prep)
   ds = ds.batch(local, drop_remainder=True).prefetch(data.prefetch)
   yield from tfds.as_numpy(ds.with_options(_options()))
 
@@ -216,21 +284,73 @@ def train_iterator(data, *, global_batch_size: int, seed: int,
 def eval_iterator(data, *, global_batch_size: int,
                   process_index: Optional[int] = None,
                   process_count: Optional[int] = None) -> Iterator[dict]:
-  """One pass over this process's shard of the eval split, padded (mask)."""
+  """One pass over this process's shard of the eval split, padded.
+
+  Yields:
+    {'image': float32 [local_batch, H, W, 3], 'label': int32 [local_batch],
+    'mask': bool [local_batch]} (mask False on the padding of the last
+    batches); every process yields ceil(ceil(N / process_count) /
+    local_batch) batches.
+  """
   pi, pc = _procs(process_index, process_count)
   local = _local_batch(global_batch_size, pc)
   src = _source(data)
   n = src.num_examples(data.eval_split)
   num_batches = math.ceil(math.ceil(n / pc) / local)  # same on every process
-  fn = pp.build(data.pp_eval)
-  zero_seed = tf.zeros([2], tf.int32)
-  ds = src.read(data.eval_split, pi, pc).map(
-      lambda image, label: {'image': fn(image, zero_seed), 'label': label,
-                            'mask': True},
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if data.cache:
-    ds = ds.cache()
-  pad = ds.take(1).map(lambda ex: {**ex, 'mask': False}).repeat()
+  decode, fn = _split_decode(data.pp_eval)
+  key = (data.dataset, data.eval_split, data.pp_eval, data.tfds_data_dir,
+         pi, pc)
+  ds = _EVAL_CACHE.get(key) if data.cache else None
+  if ds is None:
+    ds = src.read(data.eval_split, pi, pc)
+    if decode is not None:
+      ds = _map(ds, lambda image, label: (decode(image, _NO_SEED), label))
+    if data.cache:  # decoded uint8, kept for every later evaluation
+      ds = _EVAL_CACHE[key] = ds.cache()
+  ds = _map(ds, lambda image, label: {'image': fn(image, _NO_SEED),
+                                      'label': label, 'mask': True})
+  pad = _map(ds.take(1), lambda ex: {**ex, 'mask': False}).repeat()
   ds = ds.concatenate(pad).take(num_batches * local).batch(local)
   yield from tfds.as_numpy(ds.prefetch(data.prefetch).with_options(
       _options()))
+
+
+def _main(argv=None):
+  """Measures input img/s alone: `python -m vit_jax.input_pipeline -h`."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  p = argparse.ArgumentParser(description=_main.__doc__)
+  p.add_argument('--dataset', default=f'folder:{common.SHARED_DATA}/cifar10')
+  p.add_argument('--split', default='train')
+  p.add_argument('--pp', default='decode|resize(146)|random_crop(128)|'
+                 'flip_lr|value_range(-1,1)')
+  p.add_argument('--batch_size', type=int, default=256)
+  p.add_argument('--steps', type=int, default=400)
+  p.add_argument('--cache', type=int, default=1)
+  p.add_argument('--skip_first_epoch', type=int, default=1,
+                 help='time only batches after the first epoch')
+  a = p.parse_args(argv)
+  data = common.data_config(dataset=a.dataset, train_split=a.split,
+                            pp_train=a.pp, cache=bool(a.cache))
+  n = dataset_info(data).num_train
+  warm = -(-n // a.batch_size) if a.skip_first_epoch else 2
+  it = train_iterator(data, global_batch_size=a.batch_size, seed=0,
+                      process_index=0, process_count=1)
+  t0 = time.perf_counter()
+  for i in range(warm + a.steps):
+    if i == warm:
+      t_first, t0 = time.perf_counter() - t0, time.perf_counter()
+      print(f'first {warm} batches (read, decode{", cache" * a.cache}): '
+            f'{warm * a.batch_size / t_first:.0f} img/s', flush=True)
+    b = next(it)
+    if i > warm and (i - warm) % 100 == 0:
+      print(f'  {i - warm} timed batches', flush=True)
+  dt = time.perf_counter() - t0
+  print(f'{a.dataset} {a.pp} batch {a.batch_size} cache={a.cache}: '
+        f'{a.steps * a.batch_size / dt:.0f} img/s over {a.steps} batches, '
+        f'{b["image"].shape} {b["image"].dtype}')
+
+
+if __name__ == '__main__':
+  _main()

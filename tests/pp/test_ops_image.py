@@ -46,6 +46,27 @@ def test_central_crop_and_resize():
   assert small.shape == (6, 8, 3)
 
 
+def pil_bilinear(x, h, w):
+  """PIL's (antialiased) bilinear resize of uint8 [H, W, 3], in float."""
+  return np.stack([np.asarray(Image.fromarray(
+      x[..., c].astype(np.float32), 'F').resize((w, h), Image.BILINEAR))
+                   for c in range(3)], -1)
+
+
+@pytest.mark.parametrize('h,w', [(24, 32), (60, 80), (7, 9), (15, 10)])
+def test_resize_matches_pil_bilinear(h, w):
+  # up, up, down (antialiased), mixed: equal up to the uint8 rounding
+  x = np.asarray(Image.fromarray(image(12, 16)).resize((40, 30),
+                                                       Image.NEAREST))
+  out = run_both(f'resize({h},{w})', x)
+  assert out.shape == (h, w, 3) and out.dtype == np.uint8
+  np.testing.assert_allclose(out, pil_bilinear(x, h, w), atol=0.5 + 1e-3)
+  small = run_both(f'resize_small({min(h, w)})', x)  # 30 x 40, aspect kept
+  s = min(h, w)
+  hw = (s, round(40 * s / 30))
+  np.testing.assert_allclose(small, pil_bilinear(x, *hw), atol=0.5 + 1e-3)
+
+
 def test_random_crop_is_a_crop_and_seeded():
   x = image(12, 16)
   out = run_both('random_crop(5)', x)
@@ -83,3 +104,20 @@ def test_bad_strings():
     pp.build('resize(a)')
   with pytest.raises(ValueError, match='wrong arguments'):
     pp.build('central_crop')
+
+
+@pytest.mark.parametrize('h,w', [(6, 8), (24, 32), (9, 10)])
+def test_resize_matches_pil_bilinear_uint8(h, w):
+  x = image(12, 16)
+  out = run_both(f'resize({h},{w})', x).astype(int)
+  ref = np.asarray(Image.fromarray(x).resize((w, h), Image.BILINEAR))
+  assert out.shape == ref.shape
+  assert np.abs(out - ref.astype(int)).max() <= 1  # rounding only
+
+
+def test_resize_small_matches_pil_and_keeps_aspect():
+  x = image(12, 16)
+  out = run_both('resize_small(9)', x).astype(int)
+  ref = np.asarray(Image.fromarray(x).resize((12, 9), Image.BILINEAR))
+  assert out.shape == (9, 12, 3)
+  assert np.abs(out - ref.astype(int)).max() <= 1

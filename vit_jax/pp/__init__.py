@@ -4,8 +4,18 @@
                   'value_range(-1,1)')
     image = fn(image_or_jpeg_bytes, seed)   # seed: int32 [2]
 
-See `registry` for the string syntax and `ops_image` for the ops.
+See `syntax` for the string syntax (TensorFlow-free), `registry` for the op
+registry and `ops_image` for the ops. TensorFlow is imported on first use of
+`build`, `build_ops`, `parse` or `OPS`, so `vit_jax.pp.syntax` stays light.
 """
 
-from vit_jax.pp import ops_image  # noqa: F401  (registers the ops)
-from vit_jax.pp.registry import build, parse, OPS  # noqa: F401
+_EXPORTS = ('build', 'build_ops', 'parse', 'OPS')
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    # pylint: disable=g-import-not-at-top
+    from vit_jax.pp import ops_image  # noqa: F401  (registers the ops)
+    from vit_jax.pp import registry
+    return getattr(registry, name)
+  raise AttributeError(f'module vit_jax.pp has no attribute {name!r}')

@@ -1,4 +1,4 @@
-"""The pp string language: `op1(arg, ...)|op2|...`, and the op registry.
+"""The op registry of the pp language (syntax: `vit_jax.pp.syntax`).
 
 An op is registered as a factory `get_<op>(*args) -> fn(image, seed)`:
 `image` is a tf.Tensor ([H, W, 3], or encoded bytes before `decode`), `seed`
@@ -7,14 +7,14 @@ seed from it, so a preprocessed example is a pure function of (example,
 seed): what makes preemption-safe resume exact. Arguments are numbers.
 """
 
-import re
 from typing import Callable
 
 import tensorflow as tf
 
+from vit_jax.pp import syntax
+
 OpFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 OPS: dict[str, Callable[..., OpFn]] = {}
-_OP_RE = re.compile(r'^(\w+)(?:\((.*)\))?$')
 
 
 def register(name: str):
@@ -27,25 +27,18 @@ def register(name: str):
 
 def parse(pp: str) -> list[tuple[str, tuple[float, ...]]]:
   """'a(1,2)|b' -> [('a', (1.0, 2.0)), ('b', ())]; unknown ops raise."""
-  ops = []
-  for tok in filter(None, (t.strip() for t in pp.split('|'))):
-    m = _OP_RE.match(tok)
-    if not m or m.group(1) not in OPS:
-      raise ValueError(f'pp op {tok!r} in {pp!r}: unknown; allowed: '
-                       f'{", ".join(sorted(OPS))}')
-    try:
-      args = tuple(float(a) for a in (m.group(2) or '').split(',') if a)
-    except ValueError as e:
-      raise ValueError(f'pp op {tok!r} in {pp!r}: arguments must be '
-                       'numbers') from e
-    ops.append((m.group(1), args))
-  return ops
+  return syntax.parse(pp, OPS)
 
 
 def build(pp: str) -> OpFn:
   """Composes the ops of a pp string into one fn(image, seed)."""
+  return build_ops(parse(pp))
+
+
+def build_ops(ops: list[tuple[str, tuple[float, ...]]]) -> OpFn:
+  """Composes parsed ops (see `parse`) into one fn(image, seed)."""
   fns = []
-  for name, args in parse(pp):
+  for name, args in ops:
     try:
       fns.append(OPS[name](*args))
     except TypeError as e:
