@@ -23,10 +23,14 @@ for v in "$n" "$d"; do
   fi
 done
 python="${PYTHON:-python}"
-port="${PORT:-$("$python" -c 'import socket; s=socket.socket(); s.bind(("",0)); print(s.getsockname()[1])')}"
+free_port='import socket; s = socket.socket(); s.bind(("", 0))
+print(s.getsockname()[1])'
+port="${PORT:-$("$python" -c "$free_port")}"
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
 trap cleanup INT TERM
 
 for ((i = 0; i < n; i++)); do

@@ -92,8 +92,9 @@ else
   run_cmd gcloud compute tpus tpu-vm create "$name" "${where[@]}" \
     --accelerator-type="$accel" --version="$version"
 fi
-# The checkout's files as git sees them (tracked + untracked-not-ignored).
-run_cmd bash -c "cd $(quote "$repo") && git ls-files -co --exclude-standard -z | tar --null -T - -czf $(quote "$tarball")"
+# The checkout's files as git sees them (tracked + untracked-not-ignored),
+# less tracked files deleted in the work tree.
+run_cmd bash -c "cd $(quote "$repo") && git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do if [ -e \"\$f\" ]; then printf '%s\\0' \"\$f\"; fi; done | tar --null -T - -czf $(quote "$tarball")"
 run_cmd gcloud compute tpus tpu-vm scp "$tarball" "$name:~/vit_jax_code.tgz" \
   --worker=all "${where[@]}"
 run_cmd gcloud compute tpus tpu-vm ssh "$name" --worker=all "${where[@]}" \
