@@ -16,6 +16,7 @@ names, so a parameter tree and a checkpoint map key for key.
 CLI:  python -m vit_jax.checkpoint inspect FILE
 """
 
+import io
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -68,11 +69,18 @@ def _fix_legacy(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
-  """Reads an `.npz` checkpoint into a flat {key: array} dict."""
-  if not os.path.exists(path):
+  """Reads an `.npz` checkpoint (local or `gs://`) into {key: array}."""
+  if '://' in path:  # buckets: read through etils (gcsfs / tf.io.gfile)
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    if not epath.Path(path).exists():
+      raise CheckpointError(f'checkpoint not found: {path}')
+    source = io.BytesIO(epath.Path(path).read_bytes())
+  elif not os.path.exists(path):
     raise CheckpointError(f'checkpoint not found: {path}')
+  else:
+    source = path
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(source, allow_pickle=False) as z:
       flat = {k: z[k] for k in z.files}
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path} is not a readable .npz file ({e})') from e

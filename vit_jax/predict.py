@@ -113,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 < args.crop_pct <= 1:
       raise PredictError(f'--crop_pct={args.crop_pct} must be in (0, 1]')
     paths = images.list_images(args.images)
-    if not os.path.isfile(args.checkpoint):
+    if '://' not in args.checkpoint and not os.path.isfile(args.checkpoint):
       raise PredictError(f'no such checkpoint: {args.checkpoint}')
     probs_fn, num_classes = load_classifier(args.model, args.checkpoint,
                                             args.resolution)
