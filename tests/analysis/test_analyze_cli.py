@@ -1,0 +1,114 @@
+"""The `python -m vit_jax.analyze` CLI on a tiny model and tiny image folder:
+files written, numbers in the JSON, one-line errors naming allowed ranges."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import analyze
+
+MU = ['--model', 'mu/16', '--resolution', '32']
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  """<root>/<class>/<n>.png, 2 classes x 3 images of 32x32."""
+  root = tmp_path_factory.mktemp('imgs')
+  rng = np.random.default_rng(0)
+  for c in ('cat', 'dog'):
+    (root / c).mkdir()
+    for i in range(3):
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+          root / c / f'{i}.png')
+  return root
+
+
+def _run(argv, capsys):
+  rc = analyze.main(argv)
+  cap = capsys.readouterr()
+  return rc, cap.err.strip().splitlines()
+
+
+def test_attention_writes_figures_and_numbers(folder, tmp_path, capsys):
+  rc, _ = _run(['attention', '--out', str(tmp_path), *MU, '--images',
+                str(folder / 'cat')], capsys)
+  assert rc == 0
+  res = json.loads((tmp_path / 'attention.json').read_text())
+  assert np.asarray(res['mean_distance_px']).shape == (2, 2)
+  assert (tmp_path / 'rollout.png').stat().st_size > 1000
+  assert (tmp_path / 'attention_0.png').exists()
+
+
+def test_embeddings(tmp_path, capsys):
+  rc, _ = _run(['embeddings', '--out', str(tmp_path), *MU,
+                '--components', '4'], capsys)
+  assert rc == 0
+  res = json.loads((tmp_path / 'embeddings.json').read_text())
+  assert len(res['explained_variance']) == 4
+  assert (tmp_path / 'posemb_similarity.png').exists()
+  assert (tmp_path / 'patch_pca.png').exists()
+
+
+def test_lowpass_masking_and_compare(folder, tmp_path, capsys):
+  for cmd, extra in (('lowpass', ['--fractions', '1,0.1']),
+                     ('masking', ['--fractions', '0,1'])):
+    rc, _ = _run([cmd, '--out', str(tmp_path), *MU, '--num_classes', '2',
+                  '--data', str(folder), '--batch_size', '4', *extra], capsys)
+    assert rc == 0
+  low = json.loads((tmp_path / 'lowpass.json').read_text())
+  mask = json.loads((tmp_path / 'masking_background.json').read_text())
+  assert low['x'] == [1.0, 0.1] and len(low['top1']) == 2
+  # fraction 0 masks nothing and low-pass 1 filters nothing: same accuracy
+  assert mask['top1'][0] == low['top1'][0]
+  rc, _ = _run(['compare', '--out', str(tmp_path), '--name', 'both',
+                str(tmp_path / 'lowpass.json'),
+                str(tmp_path / 'lowpass.json')], capsys)
+  assert rc == 0 and (tmp_path / 'both.png').exists()
+
+
+def test_featvis_and_spatial(folder, tmp_path, capsys):
+  rc, _ = _run(['featvis', '--out', str(tmp_path), *MU, '--features',
+                'mlp:1:1,mlp:1:2', '--steps', '3', '--copies', '2',
+                '--jitter', '2'], capsys)
+  assert rc == 0
+  res = json.loads((tmp_path / 'featvis.json').read_text())
+  assert set(res['features']) == {'mlp_L1_u1', 'mlp_L1_u2'}
+  assert (tmp_path / 'featvis.png').exists()
+  rc, _ = _run(['spatial', '--out', str(tmp_path), *MU, '--images',
+                str(folder / 'dog' / '0.png'), '--per_side', '1',
+                '--layers', '1'], capsys)
+  assert rc == 0
+  res = json.loads((tmp_path / 'spatial.json').read_text())
+  assert len(res['locality_own']) == 1
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['attention', '--layers', '5', '--images', 'IMG'],
+     'layer 5 is out of range: allowed 0..1'),
+    (['attention', '--heads', '2', '--images', 'IMG'],
+     'head 2 is out of range: allowed 0..1'),
+    (['attention', '--images', '/nonexistent.jpg'],
+     'image missing: no such file or directory /nonexistent.jpg'),
+    (['featvis', '--features', 'mlp:0:128'],
+     'mlp feature index 128 is out of range: allowed 0..127'),
+    (['featvis', '--features', 'mlp:2:0'],
+     'layer 2 is out of range: allowed 0..1'),
+    (['featvis', '--features', 'mlp-0-1'], 'expected KIND:LAYER:INDEX'),
+    (['spatial', '--index', '999', '--images', 'IMG'],
+     'mlp feature index 999 is out of range: allowed 0..127'),
+    (['cls', '--layers', '3', '--data', 'FOLDER'],
+     'layer 3 is out of range: allowed 0..1'),
+    (['lowpass', '--fractions', '2', '--data', 'FOLDER'],
+     'cut-off 2.0 is out of range: allowed 0.0..1.0'),
+    (['masking', '--region', 'sky', '--data', 'FOLDER'],
+     "region 'sky' is not known: allowed background, foreground"),
+])
+def test_bad_input_is_one_line(argv, message, folder, tmp_path, capsys):
+  argv = [a.replace('IMG', str(folder / 'cat' / '0.png')).replace(
+      'FOLDER', str(folder)) for a in argv]
+  rc, err = _run([argv[0], '--out', str(tmp_path), *MU, *argv[1:]], capsys)
+  assert rc == 1
+  assert len(err) == 1 and err[0].startswith('error: ')
+  assert message in err[0]

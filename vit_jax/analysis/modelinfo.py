@@ -1,0 +1,190 @@
+"""What the analyses need to know about a model, and loading one.
+
+    model, params = modelinfo.load('Ti/16', 'ViT-Ti_16.npz', (224, 224))
+    modelinfo.num_layers(model)   # 12
+    modelinfo.num_prefix(model)   # 1 (the class token) or 0
+    modelinfo.truncate(model, 3)  # the same model with blocks 0..3 only
+
+Works for every model of the registry that has blocks (ViT, hybrids,
+conv-stem ViT, Mixer); `kind` says which.
+"""
+
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from vit_jax import checkpoint
+from vit_jax import models
+from vit_jax.analysis import validate
+from vit_jax.models import mixer
+from vit_jax.models import resnet
+from vit_jax.models import vit
+
+PyTree = Any
+
+
+def kind(model) -> str:
+  """'vit', 'mixer' or 'resnet'."""
+  if isinstance(model, vit.VisionTransformer):
+    return 'vit'
+  if isinstance(model, mixer.MlpMixer):
+    return 'mixer'
+  if isinstance(model, resnet.ResNet):
+    return 'resnet'
+  raise validate.AnalysisError(f'unsupported model type {type(model)}')
+
+
+def num_layers(model) -> int:
+  """Number of transformer / mixer blocks (0 for a ResNet)."""
+  k = kind(model)
+  return {'vit': lambda: model.num_layers, 'mixer': lambda: model.num_blocks,
+          'resnet': lambda: 0}[k]()
+
+
+def num_prefix(model) -> int:
+  """Tokens before the patch tokens: 1 with a class token, else 0."""
+  if kind(model) == 'vit' and model.classifier in ('token', 'token_unpooled'):
+    return 1
+  return 0
+
+
+def describe(model) -> str:
+  """E.g. 'vit with 12 blocks'."""
+  return f'{kind(model)} with {num_layers(model)} blocks'
+
+
+def check_layer(model, layer: int) -> int:
+  """A valid block index (negative counts from the end) or a one-line error."""
+  if kind(model) == 'resnet':
+    raise validate.AnalysisError('this analysis needs a transformer or mixer; '
+                                 'the model is a ResNet (no blocks)')
+  return validate.index('layer', layer, num_layers(model), describe(model))
+
+
+def truncate(model, layer: int):
+  """The model with blocks 0..layer only (params of the full model still fit:
+  unused ones are ignored). Used to skip work above a feature's layer."""
+  layer = check_layer(model, layer)
+  if kind(model) == 'vit':
+    return model.clone(num_layers=layer + 1)
+  return model.clone(num_blocks=layer + 1)
+
+
+def patch_size(model) -> tuple[int, int]:
+  """Pixels per token (total stride), (height, width)."""
+  if kind(model) == 'resnet':
+    return (32, 32)
+  return tuple(model.total_stride())
+
+
+def head_classes(path: str) -> Optional[int]:
+  """Number of classes of a checkpoint's head, or None if it has none."""
+  flat = checkpoint.read_npz(path)
+  return flat['head/kernel'].shape[-1] if 'head/kernel' in flat else None
+
+
+def read_workdir(path: str) -> tuple[str, dict, PyTree]:
+  """(model name, model overrides, params) of a `vit_jax.main` workdir.
+
+  The model is described by the workdir's `config.json` (`model_name`,
+  `model`); the params are those of its latest Orbax checkpoint.
+  """
+  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
+  cfg_path = os.path.join(path, 'config.json')
+  if not os.path.isfile(cfg_path):
+    raise validate.AnalysisError(f'{path} is a directory without config.json;'
+                                 ' expected a vit_jax.main workdir')
+  with open(cfg_path) as f:
+    cfg = json.load(f)
+  try:
+    params = train_checkpoint.load_params(path)
+  except (FileNotFoundError, ValueError) as e:
+    raise validate.AnalysisError(f'{path}: {e}') from e
+  return cfg['model_name'], dict(cfg.get('model') or {}), params
+
+
+def read_workdir_name(path: str) -> str:
+  """The model name recorded in a workdir's config.json."""
+  with open(os.path.join(path, 'config.json')) as f:
+    return json.load(f)['model_name']
+
+
+def build(name: Optional[str], path: Optional[str] = None, **overrides):
+  """The model alone (no parameters; head width left at its default).
+
+  Cheap: for checking a request (layer, feature index) before the weights
+  are read and initialized. `name` and `path` as in `load`.
+  """
+  if path is not None and os.path.isdir(path):
+    cfg_path = os.path.join(path, 'config.json')
+    if not os.path.isfile(cfg_path):
+      raise validate.AnalysisError(f'{path} is a directory without '
+                                   'config.json; expected a vit_jax.main '
+                                   'workdir')
+    with open(cfg_path) as f:
+      cfg = json.load(f)
+    name = name or cfg['model_name']
+    overrides = {**(cfg.get('model') or {}), **overrides}
+  if name is None:
+    raise validate.AnalysisError('no model name given (and no workdir)')
+  try:
+    return models.get_model(name, **overrides)
+  except ValueError as e:
+    raise validate.AnalysisError(str(e)) from e
+
+
+def load(name: Optional[str], path: Optional[str], image_size: Sequence[int],
+         num_classes: Optional[int] = None, seed: int = 0, **overrides):
+  """Builds the named model and loads a checkpoint (or random-inits it).
+
+  Args:
+    name: registry name, e.g. 'Ti/16', 'BiT-R26'; None with a workdir
+      `path` takes the workdir's model.
+    path: an official-layout `.npz`, or a `vit_jax.main` workdir (its
+      config.json names the model, its latest checkpoint has the params);
+      None keeps the random init.
+    image_size: (height, width) the model will see; position embeddings
+      are resampled to it.
+    num_classes: head width; default: the checkpoint's (1000 without one).
+    overrides: model constructor overrides (added to a workdir's).
+
+  Returns:
+    (model, params).
+  """
+  restored = None
+  if path is not None and os.path.isdir(path):
+    wd_name, wd_overrides, restored = read_workdir(path)
+    name = name or wd_name
+    overrides = {**wd_overrides, **overrides}
+    if num_classes is None and 'head' in restored:
+      num_classes = restored['head']['kernel'].shape[-1]
+  elif path is not None and not os.path.isfile(path):
+    raise validate.AnalysisError(f'no such checkpoint file or workdir: {path}')
+  if name is None:
+    raise validate.AnalysisError('no model name given (and no workdir)')
+  if num_classes is None:
+    num_classes = (head_classes(path) if path else None) or 1000
+  try:
+    model = models.get_model(name, num_classes=num_classes, **overrides)
+  except ValueError as e:
+    raise validate.AnalysisError(str(e)) from e
+  h, w = image_size
+  init = jax.jit(lambda k: model.init(k, jnp.zeros((1, h, w, 3)))['params'])
+  params = init(jax.random.key(seed))
+  if restored is not None:
+    try:
+      grid = model.patch_grid((h, w)) if hasattr(model, 'patch_grid') else None
+      params = checkpoint.merge(params, restored, grid=grid)
+    except (ValueError, KeyError) as e:
+      raise validate.AnalysisError(f'{path}: {e}') from e
+    params = jax.tree.map(jnp.asarray, params)
+  elif path is not None:
+    try:
+      params = checkpoint.load_pretrained(path, params, model, (h, w))
+    except (ValueError, KeyError) as e:
+      raise validate.AnalysisError(f'{path}: {e}') from e
+    params = jax.tree.map(jnp.asarray, params)
+  return model, params

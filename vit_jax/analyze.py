@@ -1,0 +1,499 @@
+"""CLI for the analyses in `vit_jax.analysis`: PNG figures + a JSON of numbers.
+
+    python -m vit_jax.analyze SUBCOMMAND --out DIR [--model NAME]
+        [--checkpoint FILE.npz] [--resolution 224] ...
+
+Subcommands (each writes `DIR/<subcommand>.json` and PNGs into DIR):
+  attention   CLS attention per block and head, rollout, mean distance
+              (--images FILE_OR_DIR...)
+  embeddings  position-embedding similarity, patch-embedding PCA
+  featvis     activation maximization (--features mlp:1:10,block:6:3 ...)
+  spatial     a feature's map per block and its locality (--images ...)
+  cls         top-1 with the class token inserted late (--data ...)
+  lowpass     top-1 vs Fourier low-pass cut-off (--data ...)
+  masking     top-1 vs share of background / foreground patches masked
+  compare     curves of several lowpass / masking JSONs in one figure
+
+`--data` is `imagenet_samples` (the 1,000 real photos of the shared data
+folder), `cifar10:test` / `cifar10:train`, or a folder `<dir>/<class>/*.jpg`.
+Bad input (unknown layer, feature index out of range, missing image) exits
+with status 1 and one line naming the allowed range.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from vit_jax.analysis import attention
+from vit_jax.analysis import cls_insertion
+from vit_jax.analysis import data
+from vit_jax.analysis import embeddings
+from vit_jax.analysis import evaluation
+from vit_jax.analysis import feature_vis as fv
+from vit_jax.analysis import figures
+from vit_jax.analysis import frequency
+from vit_jax.analysis import masking
+from vit_jax.analysis import modelinfo
+from vit_jax.analysis import spatial
+from vit_jax.analysis import validate
+from vit_jax.models import intermediates
+
+
+def _write_json(path: str, obj: Any) -> None:
+  """Atomic JSON write (tmp + rename), so an interrupted run keeps the last."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, default=_plain)
+  os.replace(tmp, path)
+
+
+def _plain(o):
+  """numpy scalars / arrays -> Python numbers / lists (for json)."""
+  return o.tolist() if hasattr(o, 'tolist') else str(o)
+
+
+def _ints(s: str) -> list[int]:
+  return [int(v) for v in s.split(',') if v.strip()]
+
+
+def _floats(s: str) -> list[float]:
+  return [float(v) for v in s.split(',') if v.strip()]
+
+
+def _default_model(args) -> None:
+  if args.model is None and not (args.checkpoint and
+                                 os.path.isdir(args.checkpoint)):
+    args.model = 'Ti/16'
+
+
+def _model_only(args):
+  """The model without weights, to check a request before the slow part."""
+  _default_model(args)
+  return modelinfo.build(args.model, args.checkpoint)
+
+
+def _load_model(args, image_size):
+  """(model, params) from --model / --checkpoint (.npz or a workdir)."""
+  _default_model(args)
+  model, params = modelinfo.load(args.model, args.checkpoint, image_size,
+                                 num_classes=args.num_classes)
+  if args.model is None:
+    args.model = modelinfo.read_workdir_name(args.checkpoint)
+  return model, params
+
+
+def _dataset(args):
+  """(uint8 images [B, R, R, 3], labels [B], description)."""
+  spec = args.data
+  if spec == 'imagenet_samples':
+    paths, labels = data.imagenet_samples(limit=args.limit)
+  elif spec.startswith('cifar10:'):
+    split = spec.split(':', 1)[1]
+    paths, labels, _ = data.image_folder(
+        str(data.shared_data_dir() / 'cifar10' / split),
+        limit_per_class=args.limit and -(-args.limit // 10))
+  else:
+    paths, labels, _ = data.image_folder(spec)
+  if args.limit:
+    paths, labels = paths[:args.limit], labels[:args.limit]
+  t0 = time.time()
+  images = data.load_images(paths, args.resolution, args.resize)
+  print(f'loaded {len(paths)} images from {spec} in {time.time() - t0:.0f}s',
+        file=sys.stderr)
+  return images, labels, f'{spec} ({len(paths)} images)'
+
+
+def _meta(args) -> dict:
+  return {'model': args.model, 'checkpoint': args.checkpoint,
+          'resolution': args.resolution, 'command': ' '.join(sys.argv)}
+
+
+def _images(args):
+  """Images from --images (paths / dirs) -> (names, float [-1, 1] batch)."""
+  paths = data.list_images(args.images)[:args.limit or None]
+  imgs = data.to_model(data.load_images(paths, args.resolution, args.resize,
+                                        progress=False))
+  names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  return names, imgs
+
+
+def cmd_attention(args) -> dict:
+  r = args.resolution
+  model = _model_only(args)
+  if modelinfo.kind(model) != 'vit':
+    raise validate.AnalysisError('attention needs a ViT; the model is a '
+                                 f'{modelinfo.kind(model)}')
+  n_layers = modelinfo.num_layers(model)
+  layers = [modelinfo.check_layer(model, k) for k in
+            (_ints(args.layers) if args.layers else range(n_layers))]
+  heads = validate.indices('head', _ints(args.heads), model.num_heads,
+                           f'{model.num_heads} heads') if args.heads else list(
+                               range(model.num_heads))
+  names, imgs = _images(args)
+  model, params = _load_model(args, (r, r))
+  grid = model.patch_grid((r, r))
+  prefix = modelinfo.num_prefix(model)
+  logits, inter = intermediates.apply(model, params, jnp.asarray(imgs))
+  att = inter['attention']
+  cls = np.asarray(attention.cls_maps(att, grid, prefix))  # [L,B,H,h,w]
+  roll = np.asarray(attention.rollout_map(att, grid, prefix))
+  dist = attention.mean_distance(att, grid, modelinfo.patch_size(model),
+                                 prefix)
+  files = []
+  for i, name in enumerate(names):
+    files.append(figures.attention_grid(
+        imgs[i], cls[layers][:, i][:, heads],
+        os.path.join(args.out, f'attention_{name}.png')))
+  files.append(figures.overlays(imgs, roll, os.path.join(args.out,
+                                                         'rollout.png'),
+                                titles=names))
+  files.append(figures.mean_distance(
+      dist, os.path.join(args.out, 'mean_distance.png'),
+      f'{args.model}, {len(names)} images'))
+  top = np.asarray(logits).argmax(-1).tolist()
+  return {'images': names, 'predicted_class': top,
+          'mean_distance_px': dist.round(2).tolist(),
+          'rollout_peak_patch': [
+              [int(v) for v in np.unravel_index(m.argmax(), m.shape)]
+              for m in roll],
+          'figures': files}
+
+
+def cmd_embeddings(args) -> dict:
+  r = args.resolution
+  model, params = _load_model(args, (r, r))
+  if modelinfo.kind(model) != 'vit':
+    raise validate.AnalysisError('embeddings needs a ViT; the model is a '
+                                 f'{modelinfo.kind(model)}')
+  grid = model.patch_grid((r, r))
+  pe = params['Transformer']['posembed_input']['pos_embedding']
+  sim = embeddings.posemb_similarity(pe, grid, modelinfo.num_prefix(model))
+  out = {'grid': list(grid), 'figures': []}
+  out['figures'].append(figures.posemb_similarity(
+      sim, os.path.join(args.out, 'posemb_similarity.png'),
+      f'{args.model}: position embedding similarity'))
+  # Mean similarity by grid distance (1 = neighbours): shows 2-D structure.
+  h, w = grid
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
+  d = np.sqrt((yy.ravel()[:, None] - yy.ravel()) ** 2 +
+              (xx.ravel()[:, None] - xx.ravel()) ** 2)
+  flat = sim.reshape(h * w, h * w)
+  out['similarity_by_distance'] = {
+      str(k): float(flat[np.isclose(d, k)].mean()) for k in (1, 2, 4, 8)
+      if np.isclose(d, k).any()}
+  kernel = params['embedding']['kernel']
+  if model.resnet_layers is None and model.conv_stem is None:
+    n = min(args.components, kernel.shape[-1], int(np.prod(kernel.shape[:3])))
+    comp, var = embeddings.patch_pca(kernel, n)
+    out['explained_variance'] = var.round(4).tolist()
+    out['figures'].append(figures.filters(
+        comp, os.path.join(args.out, 'patch_pca.png'),
+        f'{args.model}: first {len(comp)} principal components'))
+  else:
+    out['patch_pca'] = 'skipped: hybrid / conv-stem embedding is not on pixels'
+  return out
+
+
+def _parse_features(spec: str):
+  out = []
+  for item in spec.split(','):
+    parts = item.strip().split(':')
+    if len(parts) != 3:
+      raise validate.AnalysisError(
+          f'feature {item!r}: expected KIND:LAYER:INDEX, e.g. mlp:3:10 '
+          f'(kinds: {", ".join(fv.KINDS)})')
+    try:
+      out.append(fv.Feature(parts[0], int(parts[1]), int(parts[2])))
+    except ValueError as e:
+      raise validate.AnalysisError(f'feature {item!r}: layer and index must '
+                                   'be integers') from e
+  return out
+
+
+def cmd_featvis(args) -> dict:
+  r = args.resolution
+  feats = [fv.check(_model_only(args), f)
+           for f in _parse_features(args.features)]
+  model, params = _load_model(args, (r, r))
+  recipe = fv.Recipe(steps=args.steps, lr=args.lr, copies=args.copies,
+                     jitter=args.jitter, flip=args.flip,
+                     tv_weight=args.tv_weight, noise=args.noise,
+                     seed=args.seed)
+  groups: dict = {}
+  for f in feats:
+    groups.setdefault((f.kind, f.layer), []).append(f)
+  json_path = os.path.join(args.out, 'featvis.json')
+  out = {'recipe': dataclasses.asdict(recipe), 'features': {},
+         'figures': [], **_meta(args)}
+  images, titles = {}, {}
+  for (kind, layer), fs in sorted(groups.items(), key=lambda kv: kv[0][1]):
+    res = fv.visualize(model, params, fs, (r, r), recipe)
+    for f, img, s, e in zip(fs, res['images'], res['start'], res['end']):
+      images[f] = img
+      titles[f] = f'{f.kind} block {f.layer} unit {f.index}'
+      ratio = float(e / abs(s)) if s else float('inf')
+      out['features'][f.name()] = {
+          'start': float(s), 'end': float(e), 'ratio_end_over_abs_start':
+              round(ratio, 2)}
+      path = os.path.join(args.out, f'featvis_{f.name()}.png')
+      Image.fromarray((img * 255).round().astype(np.uint8)).save(path)
+    out.setdefault('seconds', {})[f'{kind}_L{layer}'] = round(
+        res['seconds'], 1)
+    _write_json(json_path, out)  # progress survives an interruption
+  order = [f for f in feats if f in images]
+  out['figures'].append(figures.image_grid(
+      [images[f] for f in order], os.path.join(args.out, 'featvis.png'),
+      [titles[f] for f in order], ncols=args.ncols))
+  return out
+
+
+def cmd_spatial(args) -> dict:
+  r = args.resolution
+  model = _model_only(args)
+  n = modelinfo.num_layers(model)
+  layers = [modelinfo.check_layer(model, k) for k in
+            (_ints(args.layers) if args.layers else range(n))]
+  for k in layers:
+    fv.check(model, fv.Feature(args.kind, k, args.index))
+  names, imgs = _images(args)
+  model, params = _load_model(args, (r, r))
+  maps = spatial.maps(model, params, imgs, args.kind, args.index, layers)
+  loc = spatial.locality(model, params, imgs, args.kind, args.index, layers,
+                         per_side=args.per_side)
+  files = []
+  for i, name in enumerate(names):
+    files.append(figures.spatial(
+        imgs[i], maps[:, i], loc['own'],
+        os.path.join(args.out, f'spatial_{name}.png'),
+        f'{args.model} {args.kind} unit {args.index}: activation map per '
+        'block; loc = own-patch share of input gradient'))
+  files.append(figures.curves(
+      layers, {'own patch': loc['own'] * 100,
+               '3x3 neighbourhood': loc['neighbourhood'] * 100,
+               'own patch, chance': [loc['chance_own'] * 100] * len(layers)},
+      os.path.join(args.out, 'locality.png'), 'block',
+      'share of input-gradient mass (%)',
+      f'{args.model}: locality of patch tokens, {args.kind} feature '
+      f'{args.index}'))
+  return {'layers': layers, 'kind': args.kind, 'index': args.index,
+          'images': names,
+          'locality_own': loc['own'].round(4).tolist(),
+          'locality_neighbourhood': loc['neighbourhood'].round(4).tolist(),
+          'chance_own': loc['chance_own'],
+          'chance_neighbourhood': loc['chance_neighbourhood'],
+          'figures': files}
+
+
+def cmd_cls(args) -> dict:
+  r = args.resolution
+  model = _model_only(args)
+  n = modelinfo.num_layers(model)
+  layers = cls_insertion.check(
+      model, _ints(args.layers) if args.layers else [0, n - 1])
+  images, labels, desc = _dataset(args)
+  model, params = _load_model(args, (r, r))
+  res = cls_insertion.top1_by_layer(model, params, images, labels, layers,
+                                    args.batch_size)
+  return {'data': desc, 'top1_by_insert_layer': {
+      str(k): round(100 * v, 2) for k, v in res.items()},
+          'note': 'insert layer 0 = the normal model'}
+
+
+def _curve(args, name: str, xs: Sequence[float], transform_for,
+           xlabel: str) -> dict:
+  """Top-1 for each x of a transform family; JSON rewritten after each x."""
+  r = args.resolution
+  model, params = _load_model(args, (r, r))
+  images, labels, desc = _dataset(args)
+  ev = evaluation.Evaluator(model, params, args.batch_size)
+  out = {'data': desc, 'label': args.label or args.model, 'x': [],
+         'top1': [], 'xlabel': xlabel, **_meta(args)}
+  json_path = os.path.join(args.out, f'{name}.json')
+  for x in xs:
+    acc = ev.top1(images, labels, transform_for(x, model),
+                  desc=f'{name} {x}')
+    out['x'].append(x)
+    out['top1'].append(round(100 * acc, 2))
+    print(f'{name} {x}: top-1 {100 * acc:.2f}%', file=sys.stderr, flush=True)
+    _write_json(json_path, out)
+  out['figures'] = [figures.curves(
+      out['x'], {args.model: out['top1']},
+      os.path.join(args.out, f'{name}.png'), xlabel,
+      title=f'{args.model} on {desc}')]
+  return out
+
+
+def cmd_lowpass(args) -> dict:
+  fr = [validate.fraction('cut-off', f) for f in _floats(args.fractions)]
+  return _curve(args, 'lowpass', fr,
+                lambda f, _: (lambda x: frequency.low_pass(x, f)),
+                'low-pass cut-off (fraction of max. radial frequency)')
+
+
+def cmd_masking(args) -> dict:
+  validate.choice('region', args.region, masking.REGIONS)
+  fr = [validate.fraction('masked fraction', f)
+        for f in _floats(args.fractions)]
+  boxes = None  # the centre box; per-image boxes: masking.mask_images
+
+  def transform_for(f, model):
+    px = args.patch_px or modelinfo.patch_size(model)[0]
+    return lambda x: masking.mask_images(x, f, px, args.region, boxes,
+                                         seed=args.seed)
+  out = _curve(args, f'masking_{args.region}', fr, transform_for,
+               "fraction of the region's patches masked")
+  out['region'] = args.region
+  out['center_box_side'] = 0.5
+  return out
+
+
+def cmd_compare(args) -> dict:
+  ys, xs = {}, None
+  for p in args.results:
+    if not os.path.isfile(p):
+      raise _error(f'no such result file: {p}')
+    r = json.load(open(p))
+    if 'top1' not in r:
+      raise _error(f'{p} is not a lowpass / masking result (no "top1")')
+    if xs is not None and r['x'] != xs:
+      raise _error(f'{p}: x values {r["x"]} differ from {xs}')
+    xs = r['x']
+    label = r.get('label') or r['model']
+    if 'region' in r:
+      label += f', {r["region"]} masked'
+    ys[label] = r['top1']
+  out = {'x': xs, 'top1': ys}
+  ylabel = 'top-1 (%)'
+  if args.relative:  # share of each model's accuracy at the first x
+    if any(y[0] == 0 for y in ys.values()):
+      raise _error('--relative: a curve has top-1 0 at the first x')
+    ys = {k: [100 * v / y[0] for v in y] for k, y in ys.items()}
+    out['relative_top1'] = {k: [round(v, 1) for v in y]
+                            for k, y in ys.items()}
+    ylabel = f'top-1 relative to x = {xs[0]} (%)'
+  path = os.path.join(args.out, args.name + '.png')
+  figures.curves(xs, ys, path, args.xlabel or r.get('xlabel', ''),
+                 ylabel=ylabel, title=args.title)
+  out['figures'] = [path]
+  return out
+
+
+def _error(msg: str):
+  return validate.AnalysisError(msg)
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog='python -m vit_jax.analyze',
+      description=__doc__.split('\n\n')[0])
+  sub = p.add_subparsers(dest='cmd', required=True)
+
+  def common(name, help_, data=False, images=False):
+    s = sub.add_parser(name, help=help_)
+    s.add_argument('--out', required=True, help='output folder')
+    s.add_argument('--model', default=None,
+                   help='registry name (default Ti/16, or the workdir\'s)')
+    s.add_argument('--checkpoint', default=None,
+                   help='official .npz, or a vit_jax.main workdir')
+    s.add_argument('--num_classes', type=int, default=None,
+                   help='head width (default: the checkpoint\'s)')
+    s.add_argument('--resolution', type=int, default=224)
+    s.add_argument('--resize', type=int, default=None,
+                   help='shorter side before the center crop '
+                   '(default resolution / 0.9)')
+    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--limit', type=int, default=None,
+                   help='use only the first N images')
+    if data:
+      s.add_argument('--data', default='imagenet_samples',
+                     help='imagenet_samples | cifar10:test | FOLDER')
+      s.add_argument('--batch_size', type=int, default=50)
+      s.add_argument('--label', default=None,
+                     help='curve label for compare (default: --model)')
+    if images:
+      s.add_argument('--images', nargs='+', required=True,
+                     help='image files or folders')
+    return s
+
+  s = common('attention', 'attention maps, rollout, distance', images=True)
+  s.add_argument('--layers', default='', help='blocks to draw, e.g. 0,5,11')
+  s.add_argument('--heads', default='', help='heads to draw, e.g. 0,2')
+  s = common('embeddings', 'position embeddings, patch-embedding PCA')
+  s.add_argument('--components', type=int, default=28)
+  s = common('featvis', 'feature visualization')
+  s.add_argument('--features', required=True,
+                 help='KIND:LAYER:INDEX,... kinds mlp|block|query|key|value')
+  s.add_argument('--steps', type=int, default=400)
+  s.add_argument('--lr', type=float, default=0.1)
+  s.add_argument('--copies', type=int, default=8)
+  s.add_argument('--jitter', type=int, default=32)
+  s.add_argument('--flip', type=float, default=0.0)
+  s.add_argument('--noise', type=float, default=0.5)
+  s.add_argument('--tv_weight', type=float, default=4e-4)
+  s.add_argument('--ncols', type=int, default=4)
+  s = common('spatial', 'feature maps per block, locality', images=True)
+  s.add_argument('--kind', default='mlp')
+  s.add_argument('--index', type=int, default=0)
+  s.add_argument('--layers', default='')
+  s.add_argument('--per_side', type=int, default=3)
+  s = common('cls', 'CLS late insertion', data=True)
+  s.add_argument('--layers', default='',
+                 help='insertion blocks (default 0 and L-1)')
+  s = common('lowpass', 'top-1 vs low-pass cut-off', data=True)
+  s.add_argument('--fractions', default='1,0.5,0.3,0.2,0.1,0.05,0.02')
+  s = common('masking', 'top-1 vs patches masked', data=True)
+  s.add_argument('--region', default='background')
+  s.add_argument('--fractions', default='0,0.25,0.5,0.75,1')
+  s.add_argument('--patch_px', type=int, default=None,
+                 help='mask patch size (default: the model\'s patch)')
+  s = sub.add_parser('compare', help='curves of several result JSONs')
+  s.add_argument('--out', required=True)
+  s.add_argument('--name', default='compare')
+  s.add_argument('--xlabel', default='')
+  s.add_argument('--title', default='')
+  s.add_argument('--relative', action='store_true',
+                 help='divide each curve by its value at the first x')
+  s.add_argument('results', nargs='+')
+  return p
+
+
+COMMANDS = {'attention': cmd_attention, 'embeddings': cmd_embeddings,
+            'featvis': cmd_featvis, 'spatial': cmd_spatial, 'cls': cmd_cls,
+            'lowpass': cmd_lowpass, 'masking': cmd_masking,
+            'compare': cmd_compare}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parser().parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  t0 = time.time()
+  try:
+    result = COMMANDS[args.cmd](args)
+  except validate.AnalysisError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  result.setdefault('seconds_total', round(time.time() - t0, 1))
+  if args.cmd != 'compare':
+    result.update({k: v for k, v in _meta(args).items() if k not in result})
+  name = {'masking': f'masking_{getattr(args, "region", "")}'}.get(args.cmd,
+                                                                  args.cmd)
+  if args.cmd == 'compare':
+    name = args.name
+  path = os.path.join(args.out, f'{name}.json')
+  _write_json(path, result)
+  print(f'wrote {path}')
+  for f in result.get('figures', []):
+    print(f'wrote {f}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
