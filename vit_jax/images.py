@@ -9,7 +9,7 @@ the shorter side straight to the resolution.
 """
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -40,9 +40,13 @@ def list_images(paths: Sequence[str]) -> list[str]:
   return out
 
 
-def load_image(path: str, resolution: int = 224,
-               crop_pct: float = 0.9) -> np.ndarray:
-  """Eval preprocessing (module doc) -> uint8 [resolution, resolution, 3]."""
+def load_image(path: str, resolution: int = 224, crop_pct: float = 0.9,
+               resize: Optional[int] = None) -> np.ndarray:
+  """Eval preprocessing (module doc) -> uint8 [resolution, resolution, 3].
+
+  `resize` (pixels of the shorter side) overrides round(resolution /
+  crop_pct). An image already resolution x resolution is used as it is.
+  """
   if not 0 < crop_pct <= 1:
     raise ImageError(f'crop_pct={crop_pct} must be in (0, 1]')
   try:
@@ -50,7 +54,9 @@ def load_image(path: str, resolution: int = 224,
       im = im.convert('RGB')
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise ImageError(f'cannot read image {path}: {e}') from e
-  scale = round(resolution / crop_pct) / min(im.size)
+  if im.size == (resolution, resolution):
+    return np.asarray(im, np.uint8)
+  scale = (resize or round(resolution / crop_pct)) / min(im.size)
   w, h = (max(resolution, round(s * scale)) for s in im.size)
   if (w, h) != im.size:
     im = im.resize((w, h), Image.BICUBIC)

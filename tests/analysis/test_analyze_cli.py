@@ -90,7 +90,7 @@ def test_featvis_and_spatial(folder, tmp_path, capsys):
     (['attention', '--heads', '2', '--images', 'IMG'],
      'head 2 is out of range: allowed 0..1'),
     (['attention', '--images', '/nonexistent.jpg'],
-     'image missing: no such file or directory /nonexistent.jpg'),
+     'image missing: no such file or directory: /nonexistent.jpg'),
     (['featvis', '--features', 'mlp:0:128'],
      'mlp feature index 128 is out of range: allowed 0..127'),
     (['featvis', '--features', 'mlp:2:0'],

@@ -20,11 +20,11 @@ import sys
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
+from vit_jax import images
 from vit_jax.analysis import validate
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+IMAGE_EXTENSIONS = images.IMAGE_EXTENSIONS
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -36,20 +36,10 @@ def shared_data_dir() -> pathlib.Path:
 
 def list_images(paths: Sequence[str]) -> list[str]:
   """Files as given, directories expanded (sorted, image extensions)."""
-  out = []
-  for p in paths:
-    if os.path.isdir(p):
-      found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                     if f.lower().endswith(IMAGE_EXTENSIONS))
-      if not found:
-        raise validate.AnalysisError(f'no images in directory {p}')
-      out += found
-    elif os.path.isfile(p):
-      out.append(p)
-    else:
-      raise validate.AnalysisError(f'image missing: no such file or '
-                                   f'directory {p}')
-  return out
+  try:
+    return images.list_images(paths)
+  except images.ImageError as e:
+    raise validate.AnalysisError(f'image missing: {e}') from e
 
 
 def load_image(path: str, resolution: int = 224,
@@ -59,18 +49,10 @@ def load_image(path: str, resolution: int = 224,
   `resize` defaults to int(resolution / 0.9) (248 for 224).
   """
   try:
-    with Image.open(path) as im:
-      im = im.convert('RGB')
-  except (OSError, ValueError) as e:
-    raise validate.AnalysisError(f'cannot read image {path}: {e}') from e
-  if im.size != (resolution, resolution):
-    resize = resize or int(resolution / 0.9)
-    scale = resize / min(im.size)
-    w, h = (max(resolution, round(s * scale)) for s in im.size)
-    im = im.resize((w, h), Image.BICUBIC)
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    im = im.crop((left, top, left + resolution, top + resolution))
-  return np.asarray(im, np.uint8)
+    return images.load_image(path, resolution,
+                             resize=resize or int(resolution / 0.9))
+  except images.ImageError as e:
+    raise validate.AnalysisError(str(e)) from e
 
 
 def load_images(paths: Sequence[str], resolution: int = 224,
@@ -88,7 +70,7 @@ def load_images(paths: Sequence[str], resolution: int = 224,
 
 def to_model(images_uint8) -> np.ndarray:
   """uint8 [..., 3] -> float32 in [-1, 1]."""
-  return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
+  return images.to_model_range(images_uint8)
 
 
 def imagenet_samples(root: Optional[str] = None,
