@@ -13,6 +13,7 @@ is 17.6 G multiply-accumulates = 35.1 GFLOPs here.)
 from typing import Any, Sequence
 
 import jax
+import jax.extend.core  # noqa: F401  (jaxprs_in_params)
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,7 +46,7 @@ def _jaxpr_flops(jaxpr) -> int:
   total = 0
   for eqn in jaxpr.eqns:
     total += _eqn_flops(eqn)
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       mult = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
       total += mult * _jaxpr_flops(sub)
   return total

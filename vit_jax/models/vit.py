@@ -18,6 +18,7 @@ Intermediates. Applied with `mutable=['intermediates']` the model records
 """
 
 import functools
+import os
 from typing import Literal, Optional, Sequence
 
 import flax.linen as nn
@@ -76,6 +77,33 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
 
+# cuDNN flash attention rejects some sequence lengths (e.g. ViT's 197 in
+# training); sequences are zero-padded to a multiple of this and the padding
+# is masked out of the keys ($VIT_JAX_CUDNN_SEQ_MULTIPLE overrides).
+CUDNN_SEQ_MULTIPLE = int(os.environ.get('VIT_JAX_CUDNN_SEQ_MULTIPLE', '8'))
+
+
+def _cudnn_attention(q, k, v):
+  """cuDNN attention of q [B, Nq, h, d], k, v [B, Nk, h, d] -> [B, Nq, h, d].
+
+  Pads Nq and Nk up to a multiple of `CUDNN_SEQ_MULTIPLE`, masks padded keys
+  via the sequence lengths, and drops the padded queries: the same function
+  as unpadded attention.
+  """
+  b, nq, nk = q.shape[0], q.shape[1], k.shape[1]
+  pad = lambda n: -n % CUDNN_SEQ_MULTIPLE
+  if not pad(nq) and not pad(nk):
+    return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  widths = lambda n: ((0, 0), (0, pad(n)), (0, 0), (0, 0))
+  q, k, v = (jnp.pad(q, widths(nq)), jnp.pad(k, widths(nk)),
+             jnp.pad(v, widths(nk)))
+  y = jax.nn.dot_product_attention(
+      q, k, v, query_seq_lengths=jnp.full((b,), nq, jnp.int32),
+      key_value_seq_lengths=jnp.full((b,), nk, jnp.int32),
+      implementation='cudnn')
+  return y[:, :nq]
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention with the official parameter layout.
 
@@ -113,6 +141,8 @@ class Attention(nn.Module):
       _record(self, 'attention', w)
       w = nn.Dropout(self.dropout_rate)(w, deterministic=deterministic)
       y = jnp.einsum('bhqk,bkhd->bqhd', w.astype(v.dtype), v)
+    elif self.implementation == 'cudnn':
+      y = _cudnn_attention(q, k, v)
     else:
       y = jax.nn.dot_product_attention(q, k, v,
                                        implementation=self.implementation)

@@ -1,0 +1,50 @@
+#!/bin/bash
+# The GPU measurements of docs/performance.md, in one call (about 9 minutes).
+#   OUT=/tmp/gpu_logs bash benchmarks/gpu_suite.sh [part]
+# part (comma-separated): peak | check | b16 | timm | timm_eager | scaling | all (default); logs: $OUT/*.log.
+set -u -o pipefail
+OUT=${OUT:-/tmp/gpu_logs}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+PY=${PY:-python3}
+part=${1:-all}  # comma-separated list of parts
+want() { [[ $part == all || ,$part, == *,$1,* ]]; }
+run() {  # run NAME SECONDS CMD...: one step, logged, bounded in time
+  local name=$1 secs=$2; shift 2
+  echo "=== $name: $*" | tee -a "$OUT/$name.log"
+  timeout "$secs" "$@" 2>&1 | grep -v -e '^WARNING' -e 'W0000' \
+    | tee -a "$OUT/$name.log"
+}
+if want peak; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit \
+    --format=csv | tee "$OUT/env.log"
+  $PY -c 'import jax, flax, torch, timm; print(jax.__version__, flax.__version__, torch.__version__, timm.__version__, jax.devices())' | tee -a "$OUT/env.log"
+  run peak 60 $PY benchmarks/matmul_peak.py --n=8192 --dtype=bfloat16 --steps=10
+fi
+if want check; then
+  run check 200 $PY benchmarks/attention_check.py --batch=64 || {
+    export VIT_JAX_CUDNN_SEQ_MULTIPLE=64
+    run check 200 $PY benchmarks/attention_check.py --batch=64; }
+fi
+if want b16; then
+  for attn in xla cudnn; do
+    run b16 100 $PY benchmarks/scaling.py --models=B/16 --resolutions=224 \
+      --dtype=bfloat16 --batch=128 --steps=10 --warmup=2 --attention_impl=$attn
+  done
+  run b16 100 $PY benchmarks/scaling.py --models=B/16 --resolutions=224 \
+    --dtype=bfloat16 --batch=256 --steps=10 --warmup=2 --attention_impl=cudnn
+fi
+if want timm; then
+  run timm 200 $PY benchmarks/timm_side_by_side.py --cases=b16 \
+    --modes=train,infer --dtype=bfloat16 --batch=128 --rounds=10 --warmup=3 \
+    --attention_impl=cudnn --torch_compile
+fi
+if want timm_eager; then
+  run timm 120 $PY benchmarks/timm_side_by_side.py --cases=b16 \
+    --modes=train --dtype=bfloat16 --batch=128 --rounds=10 --warmup=2 \
+    --attention_impl=cudnn
+fi
+if want scaling; then
+  run scaling 260 $PY benchmarks/scaling.py --models=Ti/16,S/16,B/16,L/16 \
+    --resolutions=224,384 --dtype=bfloat16 --batch=64 --steps=5 \
+    --attention_impl=cudnn
+fi

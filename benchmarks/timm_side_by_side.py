@@ -1,0 +1,251 @@
+"""Our JAX models vs timm's equivalents, same inputs, same run, alternating.
+
+    python benchmarks/timm_side_by_side.py                      # CPU, fp32
+    python benchmarks/timm_side_by_side.py --cases=ti16,b16 --modes=infer
+    python benchmarks/timm_side_by_side.py --dtype=bfloat16 --torch_compile \
+        --cases=b16 --modes=train --batch=128                   # GPU
+    python benchmarks/timm_side_by_side.py --cases=tiny --rounds=2  # smoke
+
+For each case and mode both models are built with 1000 classes and compiled /
+warmed up, then timed in `--rounds` rounds; each round runs one of our steps,
+then one timm step (the order flips every round), each on the same images
+[B, H, W, 3] (NCHW copy for torch) and labels. Printed per case: median img/s
+of each and the ratio ours / timm (> 1 means we are faster).
+
+Inference: forward in eval mode, no grad. Training: one AdamW step on softmax
+cross-entropy (forward, backward, update), both frameworks. fp32 on CPU uses
+`--threads` threads in torch (default: all cores, as XLA:CPU does); bf16 runs
+JAX with bf16 compute / fp32 params and torch under `torch.autocast(bf16)`,
+optionally `torch.compile`d.
+
+timm and torch are test-only dependencies: without them this script prints
+SKIP and still times our side. No tensorflow / ml_collections imports.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+from vit_jax import bench  # pylint: disable=g-import-not-at-top
+from vit_jax import models  # pylint: disable=g-import-not-at-top
+
+try:
+  import timm  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+except ImportError:  # timm is a test-only dependency
+  timm = torch = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """Our registry name, timm's name (or a constructor), resolution."""
+  name: str
+  ours: str
+  timm_name: str
+  resolution: int
+
+
+CASES = {
+    'tiny': Case('tiny', 'mu/16', 'tiny', 32),
+    'ti16': Case('ti16', 'Ti/16', 'vit_tiny_patch16_224', 224),
+    's16': Case('s16', 'S/16', 'vit_small_patch16_224', 224),
+    'b16': Case('b16', 'B/16', 'vit_base_patch16_224', 224),
+    'b16_384': Case('b16_384', 'B/16', 'vit_base_patch16_384', 384),
+    'r26_s32': Case('r26_s32', 'R26+S/32', 'vit_small_r26_s32_224', 224),
+    'mixer_b16': Case('mixer_b16', 'Mixer-B_16', 'mixer_b16_224', 224),
+}
+DEFAULT_CASES = 'ti16,s16,b16,b16_384,r26_s32,mixer_b16'
+
+
+def _timm_model(case: Case, resolution: int):
+  if case.timm_name == 'tiny':  # the same shape as our mu/16
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=resolution, patch_size=16, embed_dim=32, depth=2,
+        num_heads=2, mlp_ratio=4, num_classes=1000)
+  kw = {} if resolution == case.resolution else {'img_size': resolution}
+  return timm.create_model(case.timm_name, pretrained=False, num_classes=1000,
+                           **kw)
+
+
+def jax_step(case: Case, mode: str, dtype: str, resolution: int,
+             images: np.ndarray, labels: np.ndarray,
+             remat: bool, attention_impl=None) -> Callable[[], Any]:
+  """A no-argument callable running one compiled step of our model."""
+  overrides = {'dtype': bench.DTYPES[dtype]}
+  if remat:
+    overrides['remat'] = True
+  if attention_impl and not case.ours.startswith('Mixer'):
+    overrides['attention_impl'] = attention_impl
+  model = models.get_model(case.ours, num_classes=1000, **overrides)
+  x = jnp.asarray(images)
+  y = jnp.asarray(labels)
+  params = jax.jit(lambda k: model.init(k, x[:1])['params'])(
+      jax.random.key(0))
+  if mode == 'infer':
+    f = bench.make_infer_step(model).lower(params, x).compile()
+    return lambda: f(params, x)
+  tx = optax.adamw(1e-4, weight_decay=1e-4)
+  state = [params, jax.jit(tx.init)(params)]
+  f = bench.make_train_step(model, tx).lower(state[0], state[1], x,
+                                             y).compile()
+
+  def call():
+    state[0], state[1], loss = f(state[0], state[1], x, y)
+    return loss
+  return call
+
+
+def torch_step(case: Case, mode: str, dtype: str, resolution: int,
+               images: np.ndarray, labels: np.ndarray, device: str,
+               compile_model: bool) -> Callable[[], Any]:
+  """A no-argument callable running one timm step (synchronized)."""
+  model = _timm_model(case, resolution).to(device)
+  x = torch.from_numpy(np.ascontiguousarray(
+      images.transpose(0, 3, 1, 2))).to(device)
+  y = torch.from_numpy(labels.astype(np.int64)).to(device)
+  autocast = torch.autocast(device_type=device.split(':')[0],
+                            dtype=torch.bfloat16,
+                            enabled=dtype == 'bfloat16')
+  sync = (torch.cuda.synchronize if device.startswith('cuda')
+          else lambda: None)
+  fwd = torch.compile(model) if compile_model else model
+  if mode == 'infer':
+    model.eval()
+
+    def call():
+      with torch.no_grad(), autocast:
+        out = fwd(x)
+      sync()
+      return out
+    return call
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4,
+                          **({'fused': True} if device.startswith('cuda')
+                             else {}))
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def call():
+    opt.zero_grad(set_to_none=True)
+    with autocast:
+      loss = loss_fn(fwd(x).float(), y)
+    loss.backward()
+    opt.step()
+    sync()
+    return loss
+  return call
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t0
+
+
+def run_case(case: Case, mode: str, args) -> dict:
+  """Times one case/mode, alternating; returns a row of raw numbers."""
+  res = args.resolution or case.resolution
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32)
+  labels = rng.integers(0, 1000, (args.batch,)).astype(np.int32)
+  ours = jax_step(case, mode, args.dtype, res, images, labels, args.remat,
+                  args.attention_impl)
+  theirs = None
+  if timm is not None and not args.no_timm:
+    theirs = torch_step(case, mode, args.dtype, res, images, labels,
+                        args.torch_device, args.torch_compile)
+  for _ in range(args.warmup):
+    _timed(ours)
+    if theirs:
+      _timed(theirs)
+  t_ours, t_timm = [], []
+  for r in range(args.rounds):
+    order = [(ours, t_ours), (theirs, t_timm)]
+    if r % 2:
+      order.reverse()
+    for fn, acc in order:
+      if fn is not None:
+        acc.append(_timed(fn))
+  ips_ours = args.batch / statistics.median(t_ours)
+  ips_timm = args.batch / statistics.median(t_timm) if t_timm else None
+  return dict(case=case.name, ours=case.ours, timm=case.timm_name,
+              resolution=res, batch=args.batch, mode=mode, dtype=args.dtype,
+              ours_img_s=ips_ours, timm_img_s=ips_timm,
+              ratio=ips_ours / ips_timm if ips_timm else None,
+              ours_step_s=t_ours, timm_step_s=t_timm,
+              load_avg=os.getloadavg()[0])
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--cases', default=DEFAULT_CASES,
+                 help=f'comma-separated, from: {", ".join(CASES)}')
+  p.add_argument('--modes', default='infer,train')
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--resolution', type=int, default=0,
+                 help='override every case\'s resolution (0: the case\'s)')
+  p.add_argument('--dtype', default='float32', choices=list(bench.DTYPES))
+  p.add_argument('--rounds', type=int, default=5)
+  p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--threads', type=int, default=os.cpu_count())
+  p.add_argument('--torch_device', default=None,
+                 help='default: cuda if JAX runs on a GPU, else cpu')
+  p.add_argument('--torch_compile', action='store_true')
+  p.add_argument('--remat', action='store_true')
+  p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'])
+  p.add_argument('--no_timm', action='store_true')
+  p.add_argument('--json', default=None, help='append rows here')
+  args = p.parse_args(argv)
+  for c in args.cases.split(','):
+    if c not in CASES:
+      p.error(f'--cases: unknown case {c!r}; allowed: {", ".join(CASES)}')
+  for m in args.modes.split(','):
+    if m not in bench.MODES:
+      p.error(f'--modes: unknown mode {m!r}; allowed: infer, train')
+  if args.torch_device is None:
+    args.torch_device = ('cuda' if jax.devices()[0].platform == 'gpu'
+                         else 'cpu')
+  return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if timm is None:
+    print('SKIP timm: timm/torch not installed; timing our side only')
+  else:
+    torch.set_num_threads(args.threads)
+  print(f'jax {jax.__version__} on {bench.device_name()}; '
+        + (f'torch {torch.__version__} on {args.torch_device} '
+           f'({torch.get_num_threads()} threads), timm {timm.__version__}'
+           if timm else 'no timm'))
+  rows = []
+  for c in args.cases.split(','):
+    for m in args.modes.split(','):
+      row = run_case(CASES[c], m, args)
+      rows.append(row)
+      timm_s = (f'{row["timm_img_s"]:8.2f}' if row['timm_img_s']
+                else '     n/a')
+      ratio = f'{row["ratio"]:.2f}' if row['ratio'] else 'n/a'
+      print(f'{c:10s} {m:5s} {row["resolution"]}px b{args.batch} '
+            f'{args.dtype}: ours {row["ours_img_s"]:8.2f} img/s  timm '
+            f'{timm_s} img/s  ratio {ratio}  (load {row["load_avg"]:.1f})',
+            flush=True)
+      if args.json:
+        with open(args.json, 'a') as f:
+          f.write(json.dumps(row) + '\n')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,131 @@
+"""Smoke tests of the benchmark module, scripts and `inference_time` trainer.
+
+Each runs the tiniest case (mu/16 at 32 px, batch 2, one timed step): these
+check that the scripts run and that their arithmetic is consistent, not the
+speed (benchmarks are scripts, not timed tests).
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vit_jax import bench
+from vit_jax import inference_time
+from vit_jax import models
+from vit_jax.models import flops
+from vit_jax.models import vit
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = dict(resolution=32, batch=2, steps=1, warmup=0, peak_tflops=0.1)
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(
+      name, REPO / 'benchmarks' / f'{name}.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.mark.parametrize('mode', bench.MODES)
+def test_bench_run_consistent(mode):
+  r = bench.run('mu/16', mode=mode, log=lambda s: None, **TINY)
+  fwd = flops.forward_flops(models.get_model('mu/16'), (32, 32))
+  assert r.forward_flops_per_img == fwd > 0
+  assert r.flops_per_img == (fwd if mode == 'infer' else 3 * fwd)
+  assert r.img_per_s == pytest.approx(2 / r.step_s_median)
+  assert r.tflops == pytest.approx(r.flops_per_img * r.img_per_s / 1e12)
+  assert r.mfu == pytest.approx(r.tflops / 0.1)
+  assert r.compile_s > 0 and r.device_peak_bytes > 0
+
+
+def test_bench_cli_bad_mode_one_line(capsys):
+  assert bench.main(['--model=mu/16', '--mode=infer', '--dtype=float32',
+                     '--resolution=32', '--batch=2', '--steps=0']) == 1
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error:') and 'steps' in err and '\n' not in err
+
+
+def test_train_step_learns():
+  """The benchmarked train step is a real AdamW step: loss goes down."""
+  model = models.get_model('mu/16', num_classes=10)
+  x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1)
+  y = jnp.arange(4)
+  params = model.init(jax.random.key(1), x)['params']
+  import optax  # pylint: disable=g-import-not-at-top
+  tx = optax.adamw(1e-2)
+  step = bench.make_train_step(model, tx)
+  state = tx.init(params)
+  losses = []
+  for _ in range(5):
+    params, state, loss = step(params, state, x, y)
+    losses.append(float(loss))
+  assert losses[-1] < losses[0]
+
+
+def test_cudnn_padding_is_exact(monkeypatch):
+  """The padded+masked attention used for cuDNN equals plain attention.
+
+  Run on CPU with XLA standing in for the cuDNN kernel (same semantics).
+  """
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 197, 3, 16))
+             for i in range(3))
+  ref = jax.nn.dot_product_attention(q, k, v)
+  orig = jax.nn.dot_product_attention
+  monkeypatch.setattr(
+      jax.nn, 'dot_product_attention',
+      lambda *a, implementation=None, **kw: orig(*a, implementation='xla',
+                                                 **kw))
+  out = vit._cudnn_attention(q, k, v)  # pylint: disable=protected-access
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_side_by_side_tiny(tmp_path, capsys):
+  mod = _script('timm_side_by_side')
+  out = tmp_path / 'rows.jsonl'
+  assert mod.main(['--cases=tiny', '--modes=infer,train', '--batch=2',
+                   '--rounds=1', '--warmup=0', f'--json={out}']) == 0
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [r['mode'] for r in rows] == ['infer', 'train']
+  for r in rows:
+    assert r['ours_img_s'] > 0
+    if mod.timm is not None:
+      assert r['ratio'] == pytest.approx(r['ours_img_s'] / r['timm_img_s'])
+  assert 'ratio' in capsys.readouterr().out
+
+
+def test_scaling_and_peak_scripts(capsys):
+  assert _script('scaling').main(
+      ['--models=mu/16', '--resolutions=32', '--batch=2', '--steps=1',
+       '--warmup=0', '--peak_tflops=0.1']) == 0
+  table = capsys.readouterr().out
+  assert '| mu/16 | 32 |' in table and 'failed' not in table
+  assert _script('matmul_peak').main(['--n=128', '--steps=1']) == 0
+  assert 'GFLOP/s' in capsys.readouterr().out
+
+
+def test_inference_time_trainer(tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      'it_config', REPO / 'configs' / 'inference_time.py')
+  cfg_mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cfg_mod)
+  config = cfg_mod.get_config('mu/16')
+  assert config.trainer == 'inference_time'
+  with config.unlocked():
+    config.update(dict(image_size=32, batch_size=2, steps=1, warmup=0,
+                       peak_tflops=0.1))
+  results = inference_time.run(config, str(tmp_path))
+  saved = json.loads((tmp_path / 'inference_time.json').read_text())
+  assert [r['mode'] for r in saved] == ['infer']
+  assert saved[0]['img_per_s'] == pytest.approx(results[0].img_per_s)
+  with config.unlocked():
+    config.modes = 'infer,serve'
+  with pytest.raises(ValueError, match='serve'):
+    inference_time.run(config, str(tmp_path))
