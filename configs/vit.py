@@ -1,0 +1,23 @@
+"""Fine-tuning a ViT (or hybrid / ResNet) on a classification dataset.
+
+    python -m vit_jax.main --config=configs/vit.py:b16,cifar10 --workdir=DIR
+    python -m vit_jax.main --config=configs/vit.py:ti16,cifar10_folder,res=128 \
+        --config.pretrained_path=PATH.npz --workdir=DIR
+
+The argument after ':' is 'MODEL,DATASET[,res=..,steps=..,batch=..,lr=..]'
+with MODEL and DATASET from the presets in `configs/common.py`. Defaults are
+the official fine-tuning recipe: SGD momentum 0.9 (bfloat16 accumulator),
+base lr 0.03, cosine decay, warmup, grad-norm clip 1, batch 512, 384 px.
+"""
+
+from configs import common
+from vit_jax import config_lib
+
+
+def get_config(arg=None):
+  config = common.get_config()
+  parsed = config_lib.parse_arg(arg, models=common.MODELS,
+                                datasets=common.DATASETS)
+  config_lib.apply(config, parsed, models=common.MODELS,
+                   datasets=common.DATASETS)
+  return config.lock()

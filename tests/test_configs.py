@@ -1,0 +1,116 @@
+"""Tests of configs/*.py and vit_jax.config_lib: every preset loads and
+validates; bad values give one-line errors naming the key and the allowed
+values."""
+
+import pytest
+
+from configs import common
+from configs import cpu
+from configs import mixer
+from configs import pretrain
+from configs import vit
+from vit_jax import config_lib
+
+
+@pytest.mark.parametrize('model', sorted(common.MODELS))
+def test_every_model_preset_validates(model):
+  config = vit.get_config(f'{model},cifar10')
+  config_lib.validate(config, num_devices=8)
+  assert config.model_name == common.MODELS[model][0]
+
+
+@pytest.mark.parametrize('dataset', sorted(common.DATASETS))
+def test_every_dataset_preset_validates(dataset):
+  config = vit.get_config(f'b16,{dataset}')
+  config_lib.validate(config, num_devices=8)
+  for k, v in common.DATASETS[dataset]['data'].items():
+    assert config.data[k] == v
+
+
+@pytest.mark.parametrize('name', cpu.EXPERIMENTS)
+def test_cpu_experiments_validate(name):
+  config = cpu.get_config(name)
+  config_lib.validate(config, num_devices=1)
+  pp_train, pp_eval = config_lib.resolve_pp(config)
+  assert '{' not in pp_train + pp_eval
+  assert f'({config.image_size})' in pp_train
+
+
+def test_other_config_files():
+  m = mixer.get_config('mixer_mu16,cifar10')
+  assert m.model_name == 'Mixer-mu_16'
+  assert mixer.get_config().model_name == 'Mixer-B_16'
+  p = pretrain.get_config('s16,imagenet2012,res=128')
+  assert p.optim.name == 'adamw' and p.image_size == 128
+  assert 'inception_crop(128)' in config_lib.resolve_pp(p)[0]
+  for c in (m, p):
+    config_lib.validate(c, num_devices=8)
+
+
+def test_argument_overrides_and_resize_follows_image_size():
+  c = vit.get_config('ti16,cifar10,res=160,steps=50,batch=64,lr=0.1')
+  assert (c.image_size, c.total_steps, c.batch_size) == (160, 50, 64)
+  assert c.optim.base_lr == 0.1
+  assert config_lib.resolve_pp(c)[0].startswith(
+      'decode|resize(182)|random_crop(160)|')
+  c.image_size = 224  # as --config.image_size=224 does
+  assert config_lib.resolve_pp(c)[0].startswith(
+      'decode|resize(256)|random_crop(224)|')
+
+
+@pytest.mark.parametrize('arg, match', [
+    ('b16,imagenet21k', r"'imagenet21k' is neither a model \(mu4, .*\) nor a "
+     r'dataset \(cifar10, '),
+    ('b16,cifar10,depth=3', r"unknown key 'depth'; allowed: res, steps"),
+])
+def test_bad_arguments(arg, match):
+  with pytest.raises(ValueError, match=match):
+    vit.get_config(arg)
+
+
+def test_bad_cpu_experiment():
+  with pytest.raises(ValueError, match=r'unknown experiment; allowed: digits'):
+    cpu.get_config('imagenet')
+
+
+def _bad(**kw):
+  c = vit.get_config('mu16,synthetic')
+  for k, v in kw.items():
+    config_lib.set_value(c, k.replace('__', '.'), v)
+  return c
+
+
+@pytest.mark.parametrize('kw, match', [
+    (dict(trainer='finetune'), r"config.trainer='finetune'; allowed: train, "
+     r'evaluate, inference_time'),
+    (dict(model_name='ViT-X_16'), r"config.model_name: unknown model name "
+     r"'ViT-X_16'; examples of valid names: ViT-Ti_16"),
+    (dict(batch_size=12), r'config.batch_size=12 \(per micro-batch 12\) is '
+     r'not divisible by the 8 devices'),
+    (dict(eval_batch_size=100), r'eval_batch_size=100 is not divisible by '
+     r'the 8 devices'),
+    (dict(accum_steps=3), r'batch_size=512 is not divisible by '
+     r'config.accum_steps=3'),
+    (dict(warmup_steps=200, total_steps=100), r'warmup_steps=200 exceeds'),
+    (dict(optim__name='sgdw'), r"optim.name='sgdw'; allowed: sgd, adamw"),
+    (dict(optim__schedule='step'), r"schedule='step'; allowed: cosine"),
+    (dict(optim__momentum_dtype='float16'), r'allowed: float32, bfloat16'),
+    (dict(dtype='float16'), r"config.dtype='float16'; allowed: float32"),
+    (dict(partition_rules='x'), r"partition_rules='x'; allowed: default"),
+    (dict(mesh__tensor=3), r'8 devices are not divisible by 3'),
+    (dict(data__pp_train='resize({size})'), r"unknown placeholder 'size'"),
+    (dict(batch_size=0), r'config.batch_size=0 must be positive'),
+])
+def test_validate_errors_are_one_line(kw, match):
+  with pytest.raises(ValueError, match=match) as e:
+    config_lib.validate(_bad(**kw), num_devices=8)
+  assert '\n' not in str(e.value)
+
+
+def test_unknown_model_option():
+  c = vit.get_config('mu16,synthetic')
+  with c.unlocked():
+    c.model.depth = 3
+  with pytest.raises(ValueError, match=r"config.model: unknown option\(s\) "
+                     r"\['depth'\] for mu/16; allowed: .*num_layers"):
+    config_lib.validate(c, 8)

@@ -1,0 +1,73 @@
+"""Top-1 / top-5 evaluation, and the `trainer='evaluate'` entry point.
+
+`make_eval_step` jits one sharded step that returns *sums* over the valid
+(mask True) examples of a global batch; `evaluate` adds them up over the
+eval split, so padding in the last batch and any number of processes give
+exact averages. `run(config, workdir)` evaluates the latest checkpoint of the
+workdir (or `config.pretrained_path`) once and prints the metrics.
+"""
+
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vit_jax import device_data
+from vit_jax import metrics
+
+
+def make_eval_step(model, param_shardings, batch_sharding,
+                   replicated) -> Callable:
+  """jit(params, batch) -> sums {correct1, correct5, loss, count}.
+
+  `batch` holds 'image' [B, H, W, 3], 'label' [B] int32, 'mask' [B] bool.
+  """
+
+  def eval_step(params, batch):
+    logits = model.apply({'params': params}, batch['image'], train=False)
+    logits = logits.astype(jnp.float32)
+    labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
+    k = min(5, logits.shape[-1])
+    topk = jax.lax.top_k(logits, k)[1]
+    correct1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    correct5 = jnp.any(topk == labels[:, None], axis=1).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {'correct1': jnp.sum(correct1 * mask),
+            'correct5': jnp.sum(correct5 * mask),
+            'loss': jnp.sum(loss * mask), 'count': jnp.sum(mask)}
+
+  return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding),
+                 out_shardings=replicated)
+
+
+def evaluate(eval_step: Callable, params, batches: Iterable[dict],
+             batch_sharding, prefetch: int = 2) -> dict[str, float]:
+  """{'top1', 'top5', 'loss', 'count'} over one pass of host `batches`."""
+  totals = None
+  for batch in device_data.prefetch(batches, batch_sharding, prefetch):
+    sums = eval_step(params, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError('the eval split yielded no batches')
+  t = {k: float(np.asarray(v)) for k, v in jax.device_get(totals).items()}
+  n = max(t['count'], 1.0)
+  return {'top1': t['correct1'] / n, 'top5': t['correct5'] / n,
+          'loss': t['loss'] / n, 'count': t['count']}
+
+
+def run(config, workdir: str) -> dict[str, float]:
+  """Evaluates the workdir's latest checkpoint or `config.pretrained_path`."""
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  setup = train.setup(config, workdir)
+  if setup.checkpointer.latest_step() is None and not config.pretrained_path:
+    raise ValueError(f'nothing to evaluate: no checkpoint in {workdir}/'
+                     'checkpoints and config.pretrained_path is not set')
+  state = setup.restore_or_init()
+  result = evaluate(setup.eval_step, state.params, setup.eval_batches(),
+                    setup.batch_sharding, config.data.prefetch)
+  metrics.log(f'evaluate step {int(state.step)}: top1={result["top1"]:.4f} '
+              f'top5={result["top5"]:.4f} loss={result["loss"]:.4f} '
+              f'on {int(result["count"])} images')
+  return result

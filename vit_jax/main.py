@@ -1,0 +1,117 @@
+"""Entry point: `python -m vit_jax.main --config=configs/vit.py:b16,cifar10
+--workdir=DIR [--config.KEY=VALUE ...]`.
+
+Initializes `jax.distributed` when launched as one of several processes
+(env `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`, as set
+by `launch/local.sh`; or `VIT_JAX_DISTRIBUTED=1` for auto-detection on TPU
+pods and SLURM), then dispatches on `config.trainer`:
+  train           vit_jax.train.train_and_evaluate(config, workdir)
+  evaluate        vit_jax.evaluate.run(config, workdir)
+  inference_time  vit_jax.inference_time.run(config, workdir)
+"""
+
+import importlib.util
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Config file and argument, e.g. configs/vit.py:b16,cifar10',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard, config.json.')
+
+
+def init_distributed() -> None:
+  """Joins the process group described by the environment, if any."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    if os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(
+        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+        process_id=int(os.environ['JAX_PROCESS_ID']))
+  elif os.environ.get('VIT_JAX_DISTRIBUTED') == '1':
+    jax.distributed.initialize()
+
+
+def run(config, workdir: str):
+  """Dispatches on `config.trainer` (imports are lazy)."""
+  # pylint: disable=g-import-not-at-top
+  from vit_jax import config_lib
+  if config.trainer not in config_lib.TRAINERS:
+    raise ValueError(f'config.trainer={config.trainer!r}; allowed: '
+                     f'{", ".join(config_lib.TRAINERS)}')
+  if config.trainer == 'train':
+    from vit_jax import train
+    return train.train_and_evaluate(config, workdir)
+  if config.trainer == 'evaluate':
+    from vit_jax import evaluate
+    return evaluate.run(config, workdir)
+  from vit_jax import inference_time
+  return inference_time.run(config, workdir)
+
+
+def _unknown_override(argv) -> str:
+  """Names the first `--config.KEY` of argv that the config lacks."""
+  spec = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')][-1]
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for a in argv:
+    if not a.startswith('--config.'):
+      continue
+    key = a[len('--config.'):].split('=', 1)[0]
+    node, path = config, []
+    for part in key.split('.'):
+      keys = list(node.keys()) if hasattr(node, 'keys') else []
+      if part not in keys:
+        where = '.'.join(['config'] + path)
+        return (f'unknown config key {"config." + key!r}: {where} has no '
+                f'{part!r}; allowed: {", ".join(sorted(keys))}')
+      node, path = node[part], path + [part]
+  return ''
+
+
+def parse_flags(argv):
+  """absl flag parsing; a bad config flag is a one-line error."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = ''
+    try:
+      msg = _unknown_override(argv)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    if not msg:
+      msg = str(e).strip().splitlines()[-1].strip()
+      msg = msg.split('ValueError: ', 1)[-1]
+    print(f'error: {msg}', file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError('--config and --workdir are required')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO
+  init_distributed()
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except ValueError as e:  # config / data errors: one line, no traceback
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,420 @@
+"""Training: `train_and_evaluate(config, workdir)`, one sharded jit step.
+
+Reads top to bottom as the run happens:
+  mesh -> data -> model (init shapes via jax.eval_shape) -> optimizer ->
+  shardings (rules on the whole train state) -> restore / init / pretrained ->
+  jit(train_step) with explicit in/out shardings and a donated state -> loop
+  (progress lines, TensorBoard, eval every `eval_every`, Orbax checkpoints).
+
+The train state is created already sharded (the init function is jitted with
+`out_shardings`), so no device ever holds a full copy first. The same code
+runs on 1 CPU device, 8 forced host devices under any mesh layout, and many
+processes (`jax.distributed`): each process feeds its slice of the global
+batch and the step sees one global `jax.Array`.
+
+Resume: restarting with the same workdir restores step, params, optimizer
+state and RNG from the last complete checkpoint, and the input pipeline
+restarts at `start_step=step`, so N + N steps equal 2N straight steps.
+"""
+
+import dataclasses
+import functools
+import signal
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from etils import epath
+import flax
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vit_jax import checkpoint
+from vit_jax import config_lib
+from vit_jax import device_data
+from vit_jax import evaluate
+from vit_jax import metrics
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import sharding
+from vit_jax import train_checkpoint
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array       # int32 scalar: optimizer steps taken
+  params: Any
+  opt_state: Any
+  rng: jax.Array        # uint32 [2]: base key, folded with the step
+
+
+def input_module(dataset: str):
+  """The input pipeline serving `config.data.dataset`."""
+  if dataset == 'synthetic':
+    from vit_jax import synthetic_input  # pylint: disable=g-import-not-at-top
+    return synthetic_input
+  if dataset.startswith('inmemory:'):
+    from vit_jax import inmemory_input  # pylint: disable=g-import-not-at-top
+    return inmemory_input
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline
+
+
+# --------------------------------------------------------------------------
+# The step.
+
+
+def _loss(params, model, images, targets, dropout_rng):
+  """Mean softmax cross-entropy of soft `targets` [B, C]."""
+  logits = model.apply({'params': params}, images, train=True,
+                       rngs={'dropout': dropout_rng})
+  logits = logits.astype(jnp.float32)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def _mixup(rng, images, targets, alpha: float):
+  """Mixes each example with the batch rolled by one (weight ~ Beta)."""
+  lam = jax.random.beta(rng, alpha, alpha)
+  mix = lambda x: lam * x + (1 - lam) * jnp.roll(x, 1, axis=0)
+  return mix(images), mix(targets)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, schedule,
+               num_classes: int, accum_steps: int = 1,
+               label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+               micro_sharding=None) -> tuple[TrainState, dict]:
+  """One optimizer step on the global batch (pure function).
+
+  Args:
+    state: the current TrainState.
+    batch: 'image' [B, H, W, 3] float in [-1, 1], 'label' [B] int32.
+    model, tx, schedule: the Flax module, optax transformation, lr schedule.
+    num_classes: width of the one-hot targets.
+    accum_steps: the batch is split into this many micro-batches whose
+      gradients are averaged (same result as one big batch, less memory).
+    label_smoothing, mixup_alpha: target regularizers (0 = off).
+    micro_sharding: sharding of a micro-batch's leading dimension.
+
+  Returns:
+    (new state, {'loss', 'lr', 'grad_norm'} scalars).
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  mix_rng, drop_rng = jax.random.split(rng)
+  images = batch['image']
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(batch['label'], num_classes), label_smoothing)
+  if mixup_alpha > 0:
+    images, targets = _mixup(mix_rng, images, targets, mixup_alpha)
+  grad_fn = jax.value_and_grad(functools.partial(_loss, model=model))
+
+  if accum_steps == 1:
+    loss, grads = grad_fn(state.params, images=images, targets=targets,
+                          dropout_rng=drop_rng)
+  else:
+    # Row r goes to micro-batch r % accum_steps, so every device keeps its
+    # own rows (no data movement).
+    def split(x):
+      x = x.reshape((-1, accum_steps) + x.shape[1:]).swapaxes(0, 1)
+      if micro_sharding is not None:
+        x = jax.lax.with_sharding_constraint(x, micro_sharding)
+      return x
+
+    def body(carry, xs):
+      loss_sum, grad_sum = carry
+      im, tg, i = xs
+      loss, grads = grad_fn(state.params, images=im, targets=tg,
+                            dropout_rng=jax.random.fold_in(drop_rng, i))
+      return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (loss, grads), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), zeros),
+        (split(images), split(targets), jnp.arange(accum_steps)))
+    loss = loss / accum_steps
+    grads = jax.tree.map(lambda g: g / accum_steps, grads)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            opt_state=opt_state)
+  return new_state, {'loss': loss, 'lr': schedule(state.step),
+                     'grad_norm': optax.tree.norm(grads)}
+
+
+# --------------------------------------------------------------------------
+# Setup: everything a run needs, built from the config.
+
+
+@dataclasses.dataclass
+class Setup:
+  """Mesh, data, model, optimizer and shardings of one run."""
+  config: Any
+  workdir: str
+  mesh: jax.sharding.Mesh
+  data: Any                      # config.data with pp resolved
+  input: Any                     # module with the input contract
+  info: Any                      # DatasetInfo
+  model: Any
+  tx: Any
+  schedule: Callable
+  abstract_state: TrainState     # ShapeDtypeStructs with shardings
+  state_shardings: TrainState
+  batch_sharding: Any
+  replicated: Any
+  init_fn: Callable              # () -> sharded fresh TrainState
+  eval_step: Callable
+  checkpointer: train_checkpoint.TrainCheckpointer
+
+  def eval_batches(self) -> Iterator[dict]:
+    return self.input.eval_iterator(
+        self.data, global_batch_size=self.config.eval_batch_size)
+
+  def train_batches(self, start_step: int) -> Iterator[dict]:
+    return self.input.train_iterator(
+        self.data, global_batch_size=self.config.batch_size,
+        seed=self.config.seed, start_step=start_step)
+
+  def restore_or_init(self) -> TrainState:
+    """The latest checkpoint of the workdir, else a fresh (or pretrained)
+    state."""
+    step = self.checkpointer.latest_step()
+    if step is not None:
+      metrics.log(f'resuming from {self.checkpointer.directory}/{step}')
+      return self.checkpointer.restore(step, self.abstract_state)
+    state = self.init_fn()
+    if self.config.pretrained_path:
+      state = self._load_pretrained(state)
+    return state
+
+  def _load_pretrained(self, state: TrainState) -> TrainState:
+    path = self.config.pretrained_path
+    metrics.log(f'initializing from {path}')
+    init_host = multihost_utils.process_allgather(state.params, tiled=True)
+    size = (self.config.image_size, self.config.image_size)
+    grid = (self.model.patch_grid(size)
+            if hasattr(self.model, 'patch_grid') else None)
+    if str(path).endswith('.npz'):
+      restored = checkpoint.load_npz(path)
+    else:
+      restored = train_checkpoint.load_params(path)
+    params = checkpoint.merge(init_host, restored, grid=grid)
+    params = jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(
+            x.shape, s, lambda idx, x=x: np.asarray(x)[idx]),
+        params, self.state_shardings.params)
+    opt_state = jax.jit(self.tx.init,
+                        out_shardings=self.state_shardings.opt_state)(params)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def build_model(config, num_classes: int):
+  overrides = dict(config.model)
+  if config.dtype != 'float32':
+    overrides['dtype'] = DTYPES[config.dtype]
+  return models.get_model(config.model_name, num_classes=num_classes,
+                          **overrides)
+
+
+def setup(config, workdir: str, devices=None) -> Setup:
+  """Builds a run's mesh, data, model, optimizer, shardings, jitted fns.
+
+  `devices` defaults to all devices (of all processes).
+  """
+  # Mesh.
+  devices = jax.devices() if devices is None else devices
+  config_lib.validate(config, len(devices))
+  mesh = sharding.make_mesh(config.mesh, devices)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  # Data.
+  data = config_lib.local_data_config(config)
+  inp = input_module(data.dataset)
+  info = inp.dataset_info(data)
+
+  # Model: shapes only, nothing is allocated yet.
+  model = build_model(config, info.num_classes)
+  tx, schedule = optim.make(config.optim, total_steps=config.total_steps,
+                            warmup_steps=config.warmup_steps)
+  shape = (1, config.image_size, config.image_size, 3)
+
+  def init_state(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    params = model.init(params_rng, jnp.zeros(shape, jnp.float32))['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=state_rng)
+
+  rng = jax.random.PRNGKey(config.seed)
+  shapes = jax.eval_shape(init_state, rng)
+
+  # Shardings: partition rules applied to the whole state by path.
+  state_shardings = sharding.tree_shardings(shapes, mesh,
+                                            config.partition_rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      shapes, state_shardings)
+  init_fn = functools.partial(
+      jax.jit(init_state, out_shardings=state_shardings), rng)
+
+  eval_step = evaluate.make_eval_step(model, state_shardings.params,
+                                      batch_sharding, replicated)
+  checkpointer = train_checkpoint.TrainCheckpointer(
+      workdir, save_every=config.checkpoint_every,
+      keep=config.keep_checkpoints, use_async=config.async_checkpoints)
+  return Setup(config, workdir, mesh, data, inp, info, model, tx, schedule,
+               abstract_state, state_shardings, batch_sharding, replicated,
+               init_fn, eval_step, checkpointer)
+
+
+def make_train_step(s: Setup) -> Callable:
+  """jit(train_step): explicit shardings, the state donated."""
+  c = s.config
+  micro = jax.sharding.NamedSharding(
+      s.mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+  step = functools.partial(
+      train_step, model=s.model, tx=s.tx, schedule=s.schedule,
+      num_classes=s.info.num_classes, accum_steps=c.accum_steps,
+      label_smoothing=c.label_smoothing, mixup_alpha=c.mixup_alpha,
+      micro_sharding=micro)
+  return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
+                 out_shardings=(s.state_shardings, s.replicated),
+                 donate_argnums=0)
+
+
+class _StopFlag:
+  """Set by SIGTERM (preemption): the loop saves and returns."""
+
+  def __init__(self):
+    self.stop = False
+    self._previous = None
+    if jax.process_count() == 1:
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
+      except ValueError:  # not the main thread
+        pass
+
+  def _handler(self, *_):
+    self.stop = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    path = epath.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+
+
+def _check_batch(batch: dict, config, local_batch: int) -> None:
+  want = (local_batch, config.image_size, config.image_size, 3)
+  got = tuple(batch['image'].shape)
+  if got != want:
+    raise ValueError(
+        f'input batch has shape {got}, expected {want}: make '
+        f'config.data.pp_train produce config.image_size={config.image_size}')
+
+
+def train_and_evaluate(config, workdir: str, *, devices=None,
+                       stop_after: Optional[int] = None) -> dict[str, Any]:
+  """Trains `config.total_steps` steps, evaluating and checkpointing.
+
+  Args:
+    config: the experiment config (see configs/common.py).
+    workdir: checkpoints, TensorBoard events and config.json go here; an
+      existing checkpoint there is resumed.
+    devices: the devices of the mesh (default: all).
+    stop_after: stop (with a checkpoint) after this many steps of *this*
+      invocation, as if preempted; for tests of resume.
+
+  Returns:
+    {'step', 'train_losses': {step: loss}, 'eval': last eval metrics}.
+  """
+  _write_config(config, workdir)
+  s = setup(config, workdir, devices)
+  metrics.log(f'mesh {dict(s.mesh.shape)} on {s.mesh.size} devices, '
+              f'{jax.process_count()} processes; model {config.model_name}; '
+              f'{s.info.num_train} train / {s.info.num_eval} eval examples, '
+              f'{s.info.num_classes} classes')
+  state = s.restore_or_init()
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  metrics.log(f'{n_params:,} parameters')
+  start = int(state.step)
+  step_fn = make_train_step(s)
+  writer = metrics.MetricWriter(workdir)
+  progress = metrics.Progress(config.total_steps, config.batch_size, start)
+  stop = _StopFlag()
+  local_batch = config.batch_size // jax.process_count()
+
+  def host_batches():
+    for i, b in enumerate(s.train_batches(start)):
+      if i == 0:
+        _check_batch(b, config, local_batch)
+      yield b
+
+  batches = device_data.prefetch(host_batches(), s.batch_sharding,
+                                 config.data.prefetch)
+  losses, last_eval = {}, {}
+  step = start
+  if config.eval_at_start and start == 0:
+    last_eval = _eval(s, state, 0, writer)
+    progress.update(0)
+  try:
+    while step < config.total_steps:
+      state, m = step_fn(state, next(batches))
+      step += 1
+      if step % config.log_every == 0 or step == config.total_steps:
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        losses[step] = m['loss']
+        p = progress.update(step)
+        metrics.log(
+            f'step {step}/{config.total_steps} loss {m["loss"]:.4f} '
+            f'lr {m["lr"]:.5f} grad_norm {m["grad_norm"]:.3f} '
+            f'{p["img_per_sec"]:.1f} img/s ETA '
+            f'{metrics.fmt_duration(p["eta_sec"])}')
+        writer.write(step, {**m, 'img_per_sec': p['img_per_sec']}, 'train/')
+      if (config.eval_every and step % config.eval_every == 0
+          or step == config.total_steps):
+        last_eval = _eval(s, state, step, writer)
+        progress.update(step)  # img/s counts training time only
+      if (config.checkpoint_every and step % config.checkpoint_every == 0
+          or step == config.total_steps):
+        s.checkpointer.save(step, state, force=True)
+      if stop.stop or (stop_after is not None and step - start >= stop_after):
+        metrics.log(f'stopping at step {step}: saving a checkpoint')
+        if s.checkpointer.latest_step() != step:
+          s.checkpointer.save(step, state, force=True)
+        break
+  except KeyboardInterrupt:
+    if (jax.process_count() == 1 and step > start
+        and s.checkpointer.latest_step() != step):
+      metrics.log(f'interrupted at step {step}: saving a checkpoint')
+      s.checkpointer.save(step, state, force=True)
+      s.checkpointer.wait()
+    raise
+  finally:
+    stop.restore()
+    s.checkpointer.wait()
+    writer.close()
+  s.checkpointer.close()
+  return {'step': step, 'train_losses': losses, 'eval': last_eval,
+          'state': state}
+
+
+def _eval(s: Setup, state: TrainState, step: int, writer) -> dict:
+  t0 = time.perf_counter()
+  result = evaluate.evaluate(s.eval_step, state.params, s.eval_batches(),
+                             s.batch_sharding, s.config.data.prefetch)
+  metrics.log(f'eval step {step}: top1 {result["top1"]:.4f} top5 '
+              f'{result["top5"]:.4f} loss {result["loss"]:.4f} '
+              f'({int(result["count"])} images, '
+              f'{time.perf_counter() - t0:.1f}s)')
+  writer.write(step, {k: result[k] for k in ('top1', 'top5', 'loss')},
+               'eval/')
+  return result
