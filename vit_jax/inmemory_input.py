@@ -18,7 +18,6 @@ random_crop(n), central_crop(n), inception_crop(n), flip_lr,
 value_range(a,b).
 """
 
-import dataclasses
 import functools
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Iterator, Optional
 import jax
 import numpy as np
 from PIL import Image
+from vit_jax import dataset_info as dataset_info_lib
 
 PREFIX = 'inmemory:'
 PP_OPS = ('decode', 'resize', 'random_crop', 'central_crop', 'inception_crop',
@@ -34,12 +34,7 @@ PP_OPS = ('decode', 'resize', 'random_crop', 'central_crop', 'inception_crop',
 _OP_RE = re.compile(r'^(\w+)(?:\((.*)\))?$')
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train: int
-  num_eval: int
-  class_names: tuple[str, ...]
+DatasetInfo = dataset_info_lib.DatasetInfo
 
 
 DIGITS = 'digits'  # 'inmemory:digits': scikit-learn's bundled 8x8 digits
@@ -164,13 +159,7 @@ def _apply(ops, im: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _shard(process_index, process_count, batch: int) -> slice:
-  pi = jax.process_index() if process_index is None else process_index
-  pc = jax.process_count() if process_count is None else process_count
-  if batch % pc:
-    raise ValueError(f'global batch {batch} is not divisible by {pc} '
-                     'processes')
-  local = batch // pc
-  return slice(pi * local, (pi + 1) * local)
+  return dataset_info_lib.process_slice(process_index, process_count, batch)
 
 
 def train_iterator(data, *, global_batch_size: int, seed: int,

@@ -29,7 +29,6 @@ Batches: {'image': float32 [local_batch, H, W, 3], 'label': int32
 [local_batch]} (+ 'mask': bool [local_batch] in eval, False on padding).
 """
 
-import dataclasses
 import math
 import os
 import sys
@@ -41,6 +40,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax import pp
+from vit_jax import dataset_info as dataset_info_lib
 
 tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators
 
@@ -63,12 +63,7 @@ def _plus_one(count, example):
   return count + 1
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train: int
-  num_eval: int
-  class_names: tuple[str, ...]
+DatasetInfo = dataset_info_lib.DatasetInfo
 
 
 def _procs(process_index, process_count) -> tuple[int, int]:

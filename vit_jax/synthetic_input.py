@@ -9,12 +9,12 @@ same global data (tests of multi-process equivalence and resume rely on
 this). The image size is the last size in `data.pp_train` / `pp_eval`.
 """
 
-import dataclasses
 import re
 from typing import Iterator, Optional
 
 import jax
 import numpy as np
+from vit_jax import dataset_info as dataset_info_lib
 
 NUM_CLASSES = 10
 NUM_TRAIN = 1024
@@ -23,12 +23,7 @@ _SIZE_RE = re.compile(r'(?:resize|random_crop|central_crop|inception_crop)'
                       r'\((\d+)\)')
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train: int
-  num_eval: int
-  class_names: tuple[str, ...]
+DatasetInfo = dataset_info_lib.DatasetInfo
 
 
 def dataset_info(data) -> DatasetInfo:
@@ -54,14 +49,8 @@ def _examples(rng: np.random.Generator, n: int, size: int):
   return images, labels
 
 
-def _shard(process_index, process_count, batch: int):
-  pi = jax.process_index() if process_index is None else process_index
-  pc = jax.process_count() if process_count is None else process_count
-  if batch % pc:
-    raise ValueError(f'global batch {batch} is not divisible by {pc} '
-                     'processes')
-  local = batch // pc
-  return slice(pi * local, (pi + 1) * local)
+def _shard(process_index, process_count, batch: int) -> slice:
+  return dataset_info_lib.process_slice(process_index, process_count, batch)
 
 
 def train_iterator(data, *, global_batch_size: int, seed: int,
