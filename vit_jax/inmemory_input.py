@@ -20,18 +20,17 @@ value_range(a,b).
 
 import functools
 import os
-import re
 from typing import Iterator, Optional
 
 import jax
 import numpy as np
 from PIL import Image
 from vit_jax import dataset_info as dataset_info_lib
+from vit_jax.pp import syntax
 
 PREFIX = 'inmemory:'
 PP_OPS = ('decode', 'resize', 'random_crop', 'central_crop', 'inception_crop',
           'flip_lr', 'value_range')
-_OP_RE = re.compile(r'^(\w+)(?:\((.*)\))?$')
 
 
 DatasetInfo = dataset_info_lib.DatasetInfo
@@ -101,15 +100,8 @@ def dataset_info(data) -> DatasetInfo:
 
 
 def parse_pp(pp: str) -> list[tuple[str, tuple[float, ...]]]:
-  ops = []
-  for tok in filter(None, (t.strip() for t in pp.split('|'))):
-    m = _OP_RE.match(tok)
-    if not m or m.group(1) not in PP_OPS:
-      raise ValueError(f'pp op {tok!r} in {pp!r}: unknown; allowed: '
-                       f'{", ".join(PP_OPS)}')
-    args = tuple(float(a) for a in (m.group(2) or '').split(',') if a)
-    ops.append((m.group(1), args))
-  return ops
+  """The ops of a pp string (the shared syntax), restricted to PP_OPS."""
+  return syntax.parse(pp, PP_OPS)
 
 
 def _resize(im: np.ndarray, h: int, w: int) -> np.ndarray:
