@@ -163,3 +163,13 @@ DATASETS = {
                       data=dict(dataset='synthetic', train_split='train',
                                 eval_split='test')),
 }
+
+
+def with_presets(arg=None) -> ml_collections.ConfigDict:
+  """`get_config()` with the `MODEL,DATASET[,key=value...]` argument applied."""
+  from vit_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = get_config()
+  config_lib.apply(config, config_lib.parse_arg(arg, models=MODELS,
+                                                datasets=DATASETS),
+                   models=MODELS, datasets=DATASETS)
+  return config

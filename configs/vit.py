@@ -11,13 +11,8 @@ base lr 0.03, cosine decay, warmup, grad-norm clip 1, batch 512, 384 px.
 """
 
 from configs import common
-from vit_jax import config_lib
 
 
 def get_config(arg=None):
-  config = common.get_config()
-  parsed = config_lib.parse_arg(arg, models=common.MODELS,
-                                datasets=common.DATASETS)
-  config_lib.apply(config, parsed, models=common.MODELS,
-                   datasets=common.DATASETS)
+  config = common.with_presets(arg)
   return config.lock()
