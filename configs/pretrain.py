@@ -14,7 +14,11 @@ from vit_jax import config_lib
 
 
 def get_config(arg=None):
-  config = common.with_presets(arg)
+  config = common.get_config()
+  parsed = config_lib.parse_arg(arg, models=common.MODELS,
+                                datasets=common.DATASETS)
+  config_lib.apply(config, parsed, models=common.MODELS,
+                   datasets=common.DATASETS)
   config.image_size = 224
   config.data.pp_train = common.PP_PRETRAIN
   config.data.pp_eval = common.PP_EVAL_CROP
