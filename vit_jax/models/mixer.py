@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vit_jax.models import patchify
+
 Dtype = jnp.dtype
 
 # hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim (Mixer paper table 1)
@@ -85,9 +87,8 @@ class MlpMixer(nn.Module):
   def __call__(self, images, *, train: bool = False):
     del train  # Mixer has no dropout here
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = nn.Conv(self.hidden_dim, tuple(self.patch_size),
-                strides=tuple(self.patch_size), padding='VALID', name='stem',
-                **kw)(images.astype(self.dtype))
+    x = patchify.PatchEmbed(self.hidden_dim, tuple(self.patch_size),
+                            name='stem', **kw)(images.astype(self.dtype))
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h * w, c))
     for i in range(self.num_blocks):

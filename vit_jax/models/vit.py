@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import patchify
 from vit_jax.models import resnet
 
 Classifier = Literal['token', 'gap', 'map', 'unpooled', 'token_unpooled']
@@ -104,15 +105,33 @@ def _cudnn_attention(q, k, v):
   return y[:, :nq]
 
 
+def _head_major_attention(q, k, v, dropout):
+  """softmax(q k^T / sqrt(d)) v for q [B, Nq, h, d], k, v [B, Nk, h, d].
+
+  Returns (output [B, Nq, h, d], float32 weights [B, h, Nq, Nk]). Computed
+  head-major ([B, h, N, d]): XLA:CPU runs these batched matmuls 1.5-2x faster
+  than with the head axis between the sequence and feature axes (the layout
+  of `jax.nn.dot_product_attention`'s XLA path); see docs/performance.md.
+  Logits and softmax are float32; `dropout` is applied to the weights.
+  """
+  q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k,
+                      preferred_element_type=jnp.float32)
+  w = jax.nn.softmax(logits, axis=-1)
+  y = jnp.einsum('bhqk,bhkd->bhqd', dropout(w).astype(v.dtype), v)
+  return y.transpose(0, 2, 1, 3), w
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention with the official parameter layout.
 
   `query`/`key`/`value` kernels are [D, heads, D/heads] and `out` is
   [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. Softmax runs
-  in float32 whatever the compute dtype. When intermediates are recorded the
-  weights are materialized; otherwise `jax.nn.dot_product_attention` is used
-  (XLA's fused path; `implementation='cudnn'` selects cuDNN flash attention
-  on GPU, bf16/fp16 only).
+  in float32 whatever the compute dtype. `implementation=None` or 'xla':
+  `_head_major_attention` (XLA); 'cudnn': cuDNN flash attention on GPU
+  (bf16/fp16; not used while intermediates are recorded or attention dropout
+  is active, which need the weights).
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -134,18 +153,15 @@ class Attention(nn.Module):
     q = dense(name='query')(x_q)  # [B, Nq, h, d/h]
     k = dense(name='key')(x_kv)   # [B, Nk, h, d/h]
     v = dense(name='value')(x_kv)
-    use_dropout = self.dropout_rate > 0 and not deterministic
-    if self.is_mutable_collection('intermediates') or use_dropout:
-      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1])
-      w = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-      _record(self, 'attention', w)
-      w = nn.Dropout(self.dropout_rate)(w, deterministic=deterministic)
-      y = jnp.einsum('bhqk,bkhd->bqhd', w.astype(v.dtype), v)
-    elif self.implementation == 'cudnn':
+    if self.implementation == 'cudnn' and not (
+        self.is_mutable_collection('intermediates')
+        or (self.dropout_rate > 0 and not deterministic)):
       y = _cudnn_attention(q, k, v)
     else:
-      y = jax.nn.dot_product_attention(q, k, v,
-                                       implementation=self.implementation)
+      y, w = _head_major_attention(
+          q, k, v, functools.partial(nn.Dropout(self.dropout_rate),
+                                     deterministic=deterministic))
+      _record(self, 'attention', w)
     return nn.DenseGeneral(
         features=d, axis=(-2, -1), dtype=self.dtype,
         param_dtype=self.param_dtype,
@@ -296,8 +312,8 @@ class VisionTransformer(nn.Module):
     head_bias_init: initial head bias (the head kernel starts at zero).
     dtype: compute dtype; param_dtype: parameter dtype.
     remat: rematerialize each block in the backward pass (saves memory).
-    attention_impl: `jax.nn.dot_product_attention` implementation: None
-      (XLA decides), 'xla', or 'cudnn' (GPU flash attention, bf16/fp16).
+    attention_impl: attention kernel: None or 'xla' (head-major XLA
+      attention), or 'cudnn' (GPU flash attention, bf16/fp16).
   """
   num_classes: Optional[int] = 1000
   patch_size: Sequence[int] = (16, 16)
@@ -346,9 +362,8 @@ class VisionTransformer(nn.Module):
                                  **kw)
     elif self.conv_stem is not None:
       x = ConvStem(tuple(self.conv_stem), name='stem', **kw)(x)
-    x = nn.Conv(self.hidden_size, tuple(self.patch_size),
-                strides=tuple(self.patch_size), padding='VALID',
-                name='embedding', **kw)(x)
+    x = patchify.PatchEmbed(self.hidden_size, tuple(self.patch_size),
+                            name='embedding', **kw)(x)
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h * w, c))  # [B, N, D]
 
