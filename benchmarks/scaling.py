@@ -80,4 +80,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  host_malloc.maybe_reexec()
   sys.exit(main())

@@ -114,4 +114,6 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
+  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  host_malloc.maybe_reexec()
   app.run(main, flags_parser=parse_flags)
