@@ -129,3 +129,36 @@ def test_inference_time_trainer(tmp_path):
     config.modes = 'infer,serve'
   with pytest.raises(ValueError, match='serve'):
     inference_time.run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('mode', bench.MODES)
+def test_profile_step_tiny(tmp_path, capsys, mode):
+  mod = _script('profile_step')
+  assert mod.main(['--model=mu/16', '--resolution=32', '--batch=2',
+                   f'--mode={mode}', '--top=50',
+                   f'--trace_dir={tmp_path}']) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].startswith(f'mu/16 32px batch 2 float32 {mode}')
+  rows = out[2:]
+  assert rows, 'no op rows'
+  ms = [float(r.split()[0]) for r in rows]
+  assert ms == sorted(ms, reverse=True) and all(m >= 0 for m in ms)
+  # The model's matmuls are found, with their operand shapes and a rate.
+  dots = [r for r in rows if '| ' in r]
+  assert dots and all(r.split()[2] != '-' for r in dots)
+  assert any('x f32[32,128]' in r or 'x f32[128,32]' in r for r in dots)
+
+
+def test_profile_table_parses_a_dot():
+  mod = _script('profile_step')
+  hlo = '\n'.join([
+      'ENTRY %main (a: f32[4,8], b: f32[8,3]) -> f32[4,3] {',
+      '  %a = f32[4,8]{1,0} parameter(0)',
+      '  %b = f32[8,3]{1,0} parameter(1)',
+      '  ROOT %d = f32[4,3]{1,0} dot(%a, %b), lhs_contracting_dims={1}, '
+      'rhs_contracting_dims={0}',
+      '}'])
+  comps, insts = mod.parse_hlo(hlo)
+  key, flops = mod.describe('d', comps, insts)
+  assert flops == 2 * 4 * 3 * 8
+  assert key.startswith('f32[4,3] <- dot x1 | f32[4,8] x f32[8,3]')
