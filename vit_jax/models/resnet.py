@@ -31,13 +31,39 @@ def weight_standardize(w, axis, eps):
   return w / (jnp.std(w, axis=axis) + eps)
 
 
+def im2col(x, kernel_size, strides, padding):
+  """[B, H, W, C] -> [B, H', W', kh * kw * C] patches, (kh, kw, C)-ordered.
+
+  Row (i, j) of every patch is the input at offset (i, j) of the window, so
+  `im2col(x, ...) @ kernel.reshape(-1, O)` equals the convolution with the
+  HWIO `kernel`, for 'SAME' (TensorFlow / flax convention) or 'VALID'.
+  """
+  kh, kw = kernel_size
+  sh, sw = strides
+  if (kh, kw) == (1, 1):
+    return x[:, ::sh, ::sw]
+  _, h, w, _ = x.shape
+  if padding == 'SAME':
+    oh, ow = -(-h // sh), -(-w // sw)
+    ph = max((oh - 1) * sh + kh - h, 0)
+    pw = max((ow - 1) * sw + kw - w, 0)
+    x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
+                    (0, 0)))
+  else:
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+  cols = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
+          for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(cols, axis=-1)
+
+
 class StdConv(nn.Conv):
   """Convolution with weight standardization of its kernel (HWIO).
 
-  1x1 convolutions (the bottleneck's conv1 / conv3 / conv_proj) are computed
-  as a matmul over channels, after striding the input: the same function and
-  parameters, but XLA:CPU runs the matmul's gradients ~20x faster than the
-  1x1 convolution's (docs/performance.md).
+  2-D convolutions with 'SAME' / 'VALID' padding are computed as one matmul
+  of the unfolded input (`im2col`; for 1x1 kernels just the strided input)
+  with the [kh * kw * C, O] kernel: the same function and parameters, but
+  XLA:CPU computes the kernel gradient of a convolution at ~6-20 GFLOP/s and
+  that of the matmul at ~100 (docs/performance.md).
   """
 
   def param(self, name, init_fn, *init_args, **init_kwargs):
@@ -46,27 +72,30 @@ class StdConv(nn.Conv):
       p = weight_standardize(p, axis=[0, 1, 2], eps=1e-5)
     return p
 
-  def _is_pointwise(self) -> bool:
+  def _as_matmul(self) -> bool:
     ones = lambda v: v is None or all(d == 1 for d in (
         (v,) if isinstance(v, int) else v))
-    return (tuple(self.kernel_size) == (1, 1) and self.feature_group_count == 1
+    return (self.feature_group_count == 1 and len(self.kernel_size) == 2
             and ones(self.kernel_dilation) and ones(self.input_dilation)
             and not isinstance(self.padding, (list, tuple)))
 
   @nn.compact
   def __call__(self, inputs):
-    if not self._is_pointwise() or inputs.ndim != 4:
+    if not self._as_matmul() or inputs.ndim != 4 or (
+        self.padding not in ('SAME', 'VALID')):
       return super().__call__(inputs)
-    sh, sw = ((self.strides, self.strides) if isinstance(self.strides, int)
-              else tuple(self.strides or (1, 1)))
+    kh, kw = self.kernel_size
+    strides = ((self.strides, self.strides) if isinstance(self.strides, int)
+               else tuple(self.strides or (1, 1)))
     kernel = self.param('kernel', self.kernel_init,
-                        (1, 1, inputs.shape[-1], self.features),
+                        (kh, kw, inputs.shape[-1], self.features),
                         self.param_dtype)
     bias = (self.param('bias', self.bias_init, (self.features,),
                        self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(inputs[:, ::sh, ::sw], kernel,
-                                              bias, dtype=self.dtype)
-    y = x @ kernel[0, 0]
+    x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias,
+                                              dtype=self.dtype)
+    cols = im2col(x, (kh, kw), strides, self.padding)
+    y = cols @ kernel.reshape(-1, self.features)
     return y if bias is None else y + bias
 
 
