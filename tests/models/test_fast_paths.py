@@ -84,3 +84,12 @@ def test_std_conv_matmul_equals_the_convolution(kernel, strides, size):
   np.testing.assert_allclose(g_fast, g_slow, rtol=0,
                              atol=1e-5 * float(jnp.abs(g_slow).max()))
   assert float(jnp.abs(g_slow).max()) > 1.0
+
+
+def test_std_conv_keeps_native_convolutions_off_cpu(monkeypatch):
+  """On GPU/TPU only 1x1 StdConvs become matmuls (im2col costs memory)."""
+  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  assert resnet.StdConv(8, (3, 3))._as_matmul()  # pylint: disable=protected-access
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert not resnet.StdConv(8, (3, 3))._as_matmul()  # pylint: disable=protected-access
+  assert resnet.StdConv(8, (1, 1), (2, 2))._as_matmul()  # pylint: disable=protected-access

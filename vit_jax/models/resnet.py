@@ -11,6 +11,7 @@ stage after the first by 2 more.
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = jnp.dtype
@@ -61,7 +62,7 @@ class StdConv(nn.Conv):
 
   2-D convolutions with 'SAME' / 'VALID' padding are computed as one matmul
   of the unfolded input (`im2col`; for 1x1 kernels just the strided input)
-  with the [kh * kw * C, O] kernel: the same function and parameters, but
+  with the [kh * kw * C, O] kernel (kernels larger than 1x1 on CPU only): the same function and parameters, but
   XLA:CPU computes the kernel gradient of a convolution at ~6-20 GFLOP/s and
   that of the matmul at ~100 (docs/performance.md).
   """
@@ -73,11 +74,16 @@ class StdConv(nn.Conv):
     return p
 
   def _as_matmul(self) -> bool:
+    """1x1 convs everywhere; larger kernels only on CPU, where the unfolded
+    input (kh * kw times the activation) pays for itself; GPUs and TPUs keep
+    their native convolutions."""
     ones = lambda v: v is None or all(d == 1 for d in (
         (v,) if isinstance(v, int) else v))
+    pointwise = tuple(self.kernel_size) == (1, 1)
     return (self.feature_group_count == 1 and len(self.kernel_size) == 2
             and ones(self.kernel_dilation) and ones(self.input_dilation)
-            and not isinstance(self.padding, (list, tuple)))
+            and not isinstance(self.padding, (list, tuple))
+            and (pointwise or jax.default_backend() == 'cpu'))
 
   @nn.compact
   def __call__(self, inputs):

@@ -109,9 +109,10 @@ def _head_major_attention(q, k, v, dropout):
   """softmax(q k^T / sqrt(d)) v for q [B, Nq, h, d], k, v [B, Nk, h, d].
 
   Returns (output [B, Nq, h, d], float32 weights [B, h, Nq, Nk]). Computed
-  head-major ([B, h, N, d]): XLA:CPU runs these batched matmuls 1.5-2x faster
+  head-major ([B, h, N, d]): XLA:CPU runs these batched matmuls 3-4x faster
   than with the head axis between the sequence and feature axes (the layout
-  of `jax.nn.dot_product_attention`'s XLA path); see docs/performance.md.
+  of `jax.nn.dot_product_attention`'s XLA path; ViT-S/16 at batch 32: 96 ->
+  26 ms); see docs/performance.md.
   Logits and softmax are float32; `dropout` is applied to the weights.
   """
   q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
