@@ -12,7 +12,8 @@ change.
 Tunables are read when a process starts, so `maybe_reexec()` re-executes the
 interpreter once, with the same command line and the tunable added to
 `GLIBC_TUNABLES`. It is called first thing by the command-line entry points
-(`python -m vit_jax.main`, `vit_jax.bench`, the scripts in `benchmarks/`),
+(`python -m vit_jax.main`, `vit_jax.bench`, and `benchmarks/` timm_side_by_side.py,
+scaling.py, profile_step.py),
 never on import. It does nothing when the tunable is already there, when
 `VIT_JAX_NO_HUGEPAGES=1`, when the C library is not glibc >= 2.35, or when
 transparent huge pages are switched off (`never`) on the machine.
