@@ -33,7 +33,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import optax  # pylint: disable=g-import-not-at-top
 
 from vit_jax import bench  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
@@ -165,18 +164,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   labels = jnp.zeros((args.batch,), jnp.int32)
   params = jax.jit(lambda k: model.init(k, images[:1])['params'])(
       jax.random.key(1))
-  if args.mode == 'infer':
-    compiled = bench.make_infer_step(model).lower(params, images).compile()
-    call = lambda: compiled(params, images)
-  else:
-    tx = optax.adamw(1e-4, weight_decay=1e-4)
-    state = [params, jax.jit(tx.init)(params)]
-    compiled = bench.make_train_step(model, tx).lower(
-        state[0], state[1], images, labels).compile()
-
-    def call():
-      state[0], state[1], loss = compiled(state[0], state[1], images, labels)
-      return loss
+  compiled, call = bench.compile_step(model, args.mode, params, images,
+                                      labels)
   for _ in range(2):
     jax.block_until_ready(call())
   run_dir = os.path.join(args.trace_dir, time.strftime('%Y%m%d-%H%M%S'))

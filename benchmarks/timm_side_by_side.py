@@ -34,7 +34,6 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -93,18 +92,7 @@ def jax_step(case: Case, mode: str, dtype: str, resolution: int,
   y = jnp.asarray(labels)
   params = jax.jit(lambda k: model.init(k, x[:1])['params'])(
       jax.random.key(0))
-  if mode == 'infer':
-    f = bench.make_infer_step(model).lower(params, x).compile()
-    return lambda: f(params, x)
-  tx = optax.adamw(1e-4, weight_decay=1e-4)
-  state = [params, jax.jit(tx.init)(params)]
-  f = bench.make_train_step(model, tx).lower(state[0], state[1], x,
-                                             y).compile()
-
-  def call():
-    state[0], state[1], loss = f(state[0], state[1], x, y)
-    return loss
-  return call
+  return bench.compile_step(model, mode, params, x, y)[1]
 
 
 def torch_step(case: Case, mode: str, dtype: str, resolution: int,

@@ -194,6 +194,28 @@ def make_train_step(model, tx: optax.GradientTransformation) -> Callable:
   return jax.jit(step, donate_argnums=(0, 1))
 
 
+def compile_step(model, mode: str, params, images, labels=None
+                 ) -> tuple[Any, Callable[[], Any]]:
+  """(compiled step, no-argument callable running it once) for `mode`.
+
+  'infer': the forward of `make_infer_step`. 'train': one AdamW step of
+  `make_train_step` (lr 1e-4, weight decay 1e-4); the callable carries the
+  updated (donated) parameters and optimizer state from call to call.
+  """
+  if mode == 'infer':
+    compiled = make_infer_step(model).lower(params, images).compile()
+    return compiled, lambda: compiled(params, images)
+  tx = optax.adamw(1e-4, weight_decay=1e-4)
+  state = [params, jax.jit(tx.init)(params)]
+  compiled = make_train_step(model, tx).lower(state[0], state[1], images,
+                                              labels).compile()
+
+  def call():
+    state[0], state[1], loss = compiled(state[0], state[1], images, labels)
+    return loss
+  return compiled, call
+
+
 def _device_peak_bytes(device, compiled) -> tuple[Optional[int], str]:
   stats = None
   try:
@@ -252,20 +274,7 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
       f'{fwd / 1e9:.3f} GFLOPs forward per image at {resolution}px')
 
   t0 = time.perf_counter()
-  if mode == 'infer':
-    step = make_infer_step(model)
-    compiled = step.lower(params, images).compile()
-    call = lambda: compiled(params, images)
-  else:
-    tx = optax.adamw(1e-4, weight_decay=1e-4)
-    opt_state = jax.jit(tx.init)(params)
-    step = make_train_step(model, tx)
-    compiled = step.lower(params, opt_state, images, labels).compile()
-    state = [params, opt_state]
-
-    def call():
-      state[0], state[1], loss = compiled(state[0], state[1], images, labels)
-      return loss
+  compiled, call = compile_step(model, mode, params, images, labels)
   compile_s = time.perf_counter() - t0
   log(f'compiled in {compile_s:.1f} s; warm-up {warmup} steps')
   time_fn(call, warmup)
