@@ -35,6 +35,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from vit_jax import bench  # pylint: disable=g-import-not-at-top
+from vit_jax import microbatch  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
 
 _INSTR = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
@@ -148,6 +149,8 @@ def parse_args(argv):
   p.add_argument('--dtype', default='float32', choices=list(bench.DTYPES))
   p.add_argument('--mode', default='train', choices=list(bench.MODES))
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'])
+  p.add_argument('--parallel_microbatches', type=int, default=0,
+                 help='independent micro-batches per step (0: automatic)')
   p.add_argument('--top', type=int, default=25, help='rows to print')
   p.add_argument('--trace_dir', default='/tmp/vit_jax_profile')
   return p.parse_args(argv)
@@ -164,8 +167,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   labels = jnp.zeros((args.batch,), jnp.int32)
   params = jax.jit(lambda k: model.init(k, images[:1])['params'])(
       jax.random.key(1))
+  parts = microbatch.resolve(args.parallel_microbatches, args.mode,
+                            args.batch)
   compiled, call = bench.compile_step(model, args.mode, params, images,
-                                      labels)
+                                      labels, parts)
   for _ in range(2):
     jax.block_until_ready(call())
   run_dir = os.path.join(args.trace_dir, time.strftime('%Y%m%d-%H%M%S'))
@@ -181,7 +186,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 1
   rows = op_table(traces[0], compiled.as_text())
   print(f'{args.model} {args.resolution}px batch {args.batch} {args.dtype} '
-        f'{args.mode} on {bench.device_name()}: step {wall * 1e3:.1f} ms '
+        f'{args.mode} in {parts} micro-batches on {bench.device_name()}: step {wall * 1e3:.1f} ms '
         f'(profiled); {len(rows)} kinds of op; trace in {run_dir}')
   print('      ms  count  GFLOP/s  output <- fused ops | matmul operands')
   for ms, n, key, rate in rows[:args.top]:

@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 from vit_jax import bench  # pylint: disable=g-import-not-at-top
+from vit_jax import microbatch  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
 
 try:
@@ -80,8 +81,10 @@ def _timm_model(case: Case, resolution: int):
 
 def jax_step(case: Case, mode: str, dtype: str, resolution: int,
              images: np.ndarray, labels: np.ndarray,
-             remat: bool, attention_impl=None) -> Callable[[], Any]:
-  """A no-argument callable running one compiled step of our model."""
+             remat: bool, attention_impl=None,
+             parallel_microbatches: int = 0) -> tuple[Callable[[], Any], int]:
+  """(no-argument callable running one compiled step of our model, number of
+  micro-batches it splits the batch into: `vit_jax.microbatch`)."""
   overrides = {'dtype': bench.DTYPES[dtype]}
   if remat:
     overrides['remat'] = True
@@ -92,7 +95,8 @@ def jax_step(case: Case, mode: str, dtype: str, resolution: int,
   y = jnp.asarray(labels)
   params = jax.jit(lambda k: model.init(k, x[:1])['params'])(
       jax.random.key(0))
-  return bench.compile_step(model, mode, params, x, y)[1]
+  parts = microbatch.resolve(parallel_microbatches, mode, x.shape[0])
+  return bench.compile_step(model, mode, params, x, y, parts)[1], parts
 
 
 def torch_step(case: Case, mode: str, dtype: str, resolution: int,
@@ -147,8 +151,9 @@ def run_case(case: Case, mode: str, args) -> dict:
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32)
   labels = rng.integers(0, 1000, (args.batch,)).astype(np.int32)
-  ours = jax_step(case, mode, args.dtype, res, images, labels, args.remat,
-                  args.attention_impl)
+  ours, parts = jax_step(case, mode, args.dtype, res, images, labels,
+                         args.remat, args.attention_impl,
+                         args.parallel_microbatches)
   theirs = None
   if timm is not None and not args.no_timm:
     theirs = torch_step(case, mode, args.dtype, res, images, labels,
@@ -169,6 +174,7 @@ def run_case(case: Case, mode: str, args) -> dict:
   ips_timm = args.batch / statistics.median(t_timm) if t_timm else None
   return dict(case=case.name, ours=case.ours, timm=case.timm_name,
               resolution=res, batch=args.batch, mode=mode, dtype=args.dtype,
+              microbatches=parts,
               ours_img_s=ips_ours, timm_img_s=ips_timm,
               ratio=ips_ours / ips_timm if ips_timm else None,
               ours_step_s=t_ours, timm_step_s=t_timm,
@@ -192,6 +198,9 @@ def parse_args(argv):
   p.add_argument('--torch_compile', action='store_true')
   p.add_argument('--remat', action='store_true')
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'])
+  p.add_argument('--parallel_microbatches', type=int, default=0,
+                 help='our step\'s independent micro-batches (0: automatic, '
+                 'see vit_jax.microbatch)')
   p.add_argument('--no_timm', action='store_true')
   p.add_argument('--json', default=None, help='append rows here')
   args = p.parse_args(argv)
@@ -226,7 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 else '     n/a')
       ratio = f'{row["ratio"]:.2f}' if row['ratio'] else 'n/a'
       print(f'{c:10s} {m:5s} {row["resolution"]}px b{args.batch} '
-            f'{args.dtype}: ours {row["ours_img_s"]:8.2f} img/s  timm '
+            f'{args.dtype} k{row["microbatches"]}: ours '
+            f'{row["ours_img_s"]:8.2f} img/s  timm '
             f'{timm_s} img/s  ratio {ratio}  (load {row["load_avg"]:.1f})',
             flush=True)
       if args.json:

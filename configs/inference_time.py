@@ -24,6 +24,8 @@ def get_config(arg=None):
   c.steps = 5                    # timed steps (median reported)
   c.warmup = 2
   c.remat = False
+  # Independent micro-batches per step (vit_jax.microbatch); 0 = automatic.
+  c.parallel_microbatches = 0
   c.attention_impl = ml_collections.FieldReference(None, field_type=str)
   c.num_classes = 1000
   # MFU peak in TFLOP/s; None: datasheet bf16 (GPU/TPU) or measured (CPU).

@@ -1,4 +1,4 @@
-"""The huge-page allocator setting: environment logic and the real re-exec."""
+"""The allocator tunables: environment logic and the real re-exec."""
 
 import os
 import subprocess
@@ -12,31 +12,28 @@ from vit_jax import host_malloc
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_adds_the_tunable_and_keeps_the_users_tunables():
-  assert host_malloc.tuned_environ({})['GLIBC_TUNABLES'] == host_malloc.TUNABLE
+ALL = ':'.join(host_malloc.TUNABLES)
+
+
+def test_adds_the_tunables_and_keeps_the_users_values():
+  assert host_malloc.tuned_environ({})['GLIBC_TUNABLES'] == ALL
   env = host_malloc.tuned_environ(
-      {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2', 'X': '1'})
-  assert env['GLIBC_TUNABLES'] == (
-      f'glibc.malloc.arena_max=2:{host_malloc.TUNABLE}')
+      {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2:glibc.cpu.x=1', 'X': '1'})
+  tunables = env['GLIBC_TUNABLES'].split(':')
+  assert tunables[:2] == ['glibc.malloc.arena_max=2', 'glibc.cpu.x=1']
+  assert tunables[2:] == list(host_malloc.TUNABLES[1:])  # not arena_max=1
   assert env['X'] == '1'
 
 
 @pytest.mark.parametrize('environ', [
-    {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'},  # the user's own choice
-    {'GLIBC_TUNABLES': host_malloc.TUNABLE},        # already re-executed
-    {host_malloc.OPT_OUT: '1'},
+    {'GLIBC_TUNABLES': ALL},  # already re-executed
+    # the user's own values for all of them
+    {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=8:glibc.malloc.mmap_max=5:'
+                       'glibc.malloc.trim_threshold=1'},
+    {host_malloc.OPT_OUT: '1', 'GLIBC_TUNABLES': ''},
 ])
 def test_leaves_the_environment_alone(environ):
   assert host_malloc.tuned_environ(environ) is None
-
-
-def test_thp_switched_off_is_detected(tmp_path):
-  f = tmp_path / 'enabled'
-  f.write_text('always madvise [never]\n')
-  assert not host_malloc._thp_available(str(f))  # pylint: disable=protected-access
-  f.write_text('always [madvise] never\n')
-  assert host_malloc._thp_available(str(f))  # pylint: disable=protected-access
-  assert not host_malloc._thp_available(str(tmp_path / 'absent'))  # pylint: disable=protected-access
 
 
 def _child(tmp_path, env):
@@ -59,15 +56,15 @@ def test_reexecutes_once_with_the_same_arguments(tmp_path):
   env = {k: v for k, v in os.environ.items()
          if k not in ('GLIBC_TUNABLES', host_malloc.OPT_OUT)}
   lines = _child(tmp_path, env)
-  supported = (host_malloc._glibc_supports_hugetlb()  # pylint: disable=protected-access
-               and host_malloc._thp_available()  # pylint: disable=protected-access
+  supported = (host_malloc._glibc_has_tunables()  # pylint: disable=protected-access
                and sys.platform.startswith('linux'))
   if supported:
     # Two starts in the same process (execve keeps the pid), then one run.
     assert len(lines) == 3, lines
     first, second = lines[0].split(), lines[1].split()
     assert first[1] == second[1]
-    assert len(first) == 2 and second[2] == host_malloc.TUNABLE
+    assert len(first) == 2
+    assert second[2] == ALL
   else:
     assert len(lines) == 2, lines
   assert lines[-1] == "after ['a', '--b=c']"
@@ -78,3 +75,43 @@ def test_opt_out_runs_without_reexec(tmp_path):
   env.pop('GLIBC_TUNABLES', None)
   lines = _child(tmp_path, env)
   assert len(lines) == 2 and lines[-1] == "after ['a', '--b=c']"
+
+
+_FAULTS = textwrap.dedent("""
+    import ctypes, resource, threading
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    n = 256 << 20
+    out = []
+    def steps():  # what XLA:CPU does per call: a big temporary, from a worker
+      for i in range(3):
+        p = libc.malloc(n)
+        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ctypes.memset(p, 1, n)
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+        libc.free(p)
+    t = threading.Thread(target=steps); t.start(); t.join()
+    print(*out)
+    """)
+
+
+@pytest.mark.skipif(not (sys.platform.startswith('linux')
+                         and host_malloc._glibc_has_tunables()),  # pylint: disable=protected-access
+                    reason='needs Linux with glibc >= 2.26')
+def test_tunables_stop_the_per_step_page_faults():
+  def faults(tunables):
+    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    if tunables:
+      env['GLIBC_TUNABLES'] = tunables
+    out = subprocess.run([sys.executable, '-c', _FAULTS], env=env,
+                         capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
+    return [int(x) for x in out]
+  default = faults('')
+  tuned = faults(ALL)
+  pages = (256 << 20) // 4096
+  # Default glibc: every "step" maps the block afresh and faults it all in.
+  assert all(f > pages // 2 for f in default), default
+  # Tuned: the first step faults it in, later steps reuse it.
+  assert tuned[0] > pages // 2 and max(tuned[1:]) < pages // 100, tuned

@@ -113,6 +113,30 @@ def test_gradient_accumulation_equals_big_batch(reference, tmp_path):
   assert_trees_close(jax.device_get(state.params), params_1)
 
 
+def test_parallel_microbatches_equal_one_batch(tmp_path):
+  """Independent micro-batches (vit_jax.microbatch) change nothing but the
+  summation order, also with dropout on (masks folded per micro-batch)."""
+  one = jax.devices()[:1]
+
+  def config(k, dropout):
+    c = small_config(parallel_microbatches=k)
+    if dropout:
+      with c.unlocked():
+        c.model.dropout_rate = dropout
+    return c
+
+  for dropout in (0.0, 0.1):
+    _, s1, m1 = one_step(config(1, dropout), one, tmp_path / 'a')
+    _, s4, m4 = one_step(config(4, dropout), one, tmp_path / 'b')
+    if dropout:  # different dropout masks: close, not equal
+      assert abs(float(m1['loss']) - float(m4['loss'])) < 0.1
+      assert float(m1['loss']) != float(m4['loss'])
+    else:
+      assert abs(float(m1['loss']) - float(m4['loss'])) < 1e-5
+      assert_trees_close(jax.device_get(s1.params),
+                         jax.device_get(s4.params))
+
+
 def test_adamw_step_same_on_8_devices(tmp_path):
   kw = {'optim.name': 'adamw', 'optim.base_lr': 1e-3,
         'optim.weight_decay': 0.1}

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vit_jax import microbatch
 from vit_jax import models
 from vit_jax.models import flops as flops_lib
 
@@ -78,6 +79,7 @@ class Result:
   mode: str
   remat: bool
   attention_impl: Optional[str]
+  microbatches: int            # independent micro-batches per step
   device: str
   num_params: int
   img_per_s: float
@@ -95,11 +97,14 @@ class Result:
   host_peak_rss_bytes: int
 
   def summary(self) -> str:
+    parts = (f' in {self.microbatches} micro-batches'
+             if self.microbatches > 1 else '')
     mem = (f'{self.device_peak_bytes / 2**30:.2f} GiB '
            f'({self.device_peak_source})' if self.device_peak_bytes
            else 'n/a')
     return (f'{self.model} {self.resolution}px batch {self.batch} '
-            f'{self.dtype} {self.mode}{" remat" if self.remat else ""} on '
+            f'{self.dtype} {self.mode}{" remat" if self.remat else ""}'
+            f'{parts} on '
             f'{self.device}: {self.img_per_s:.2f} img/s '
             f'({self.step_s_median * 1e3:.1f} ms/step), '
             f'{self.flops_per_img / 1e9:.2f} GFLOP/img, '
@@ -169,46 +174,57 @@ def forward_flops(model, image_size: Sequence[int]) -> int:
     return _jaxpr_flops(jax.make_jaxpr(model.apply)(variables, x).jaxpr)
 
 
-def make_infer_step(model) -> Callable:
-  """(params, images [B,H,W,3]) -> logits [B, classes] in float32, jitted."""
+def make_infer_step(model, microbatches: int = 1) -> Callable:
+  """(params, images [B,H,W,3]) -> logits [B, classes] in float32, jitted.
+
+  `microbatches`: independent micro-batches per step (`vit_jax.microbatch`).
+  """
   def step(params, images):
-    return model.apply({'params': params}, images, train=False).astype(
-        jnp.float32)
+    return microbatch.map_batch(
+        lambda x: model.apply({'params': params}, x, train=False).astype(
+            jnp.float32), images, microbatches)
   return jax.jit(step)
 
 
-def make_train_step(model, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(model, tx: optax.GradientTransformation,
+                    microbatches: int = 1) -> Callable:
   """(params, opt_state, images, labels) -> (params, opt_state, loss).
 
   Parameters and optimizer state are donated (updated in place).
+  `microbatches`: independent micro-batches per step (`vit_jax.microbatch`).
   """
-  def loss_fn(params, images, labels):
+  def loss_fn(params, images, labels, rng):
+    del rng  # no dropout in the benchmarked models
     logits = model.apply({'params': params}, images, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels).mean()
 
+  grad_fn = microbatch.mean_value_and_grad(loss_fn, microbatches)
+
   def step(params, opt_state, images, labels):
-    loss, grads = jax.value_and_grad(loss_fn)(params, images, labels)
+    loss, grads = grad_fn(params, images, labels, None)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def compile_step(model, mode: str, params, images, labels=None
-                 ) -> tuple[Any, Callable[[], Any]]:
+def compile_step(model, mode: str, params, images, labels=None,
+                 microbatches: int = 1) -> tuple[Any, Callable[[], Any]]:
   """(compiled step, no-argument callable running it once) for `mode`.
 
   'infer': the forward of `make_infer_step`. 'train': one AdamW step of
   `make_train_step` (lr 1e-4, weight decay 1e-4); the callable carries the
   updated (donated) parameters and optimizer state from call to call.
+  `microbatches`: as resolved by `microbatch.resolve`.
   """
   if mode == 'infer':
-    compiled = make_infer_step(model).lower(params, images).compile()
+    compiled = make_infer_step(model, microbatches).lower(
+        params, images).compile()
     return compiled, lambda: compiled(params, images)
   tx = optax.adamw(1e-4, weight_decay=1e-4)
   state = [params, jax.jit(tx.init)(params)]
-  compiled = make_train_step(model, tx).lower(state[0], state[1], images,
-                                              labels).compile()
+  compiled = make_train_step(model, tx, microbatches).lower(
+      state[0], state[1], images, labels).compile()
 
   def call():
     state[0], state[1], loss = compiled(state[0], state[1], images, labels)
@@ -237,7 +253,7 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
         dtype: str = 'float32', mode: str = 'infer', steps: int = 5,
         warmup: int = 2, remat: bool = False, num_classes: int = 1000,
         peak_tflops: Optional[float] = None, peak_source: str = 'given',
-        attention_impl=None,
+        attention_impl=None, parallel_microbatches: int = 0,
         model_overrides=None,
         log: Callable[[str], None] = print) -> Result:
   """Benchmarks one configuration; see the module docstring."""
@@ -274,7 +290,8 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
       f'{fwd / 1e9:.3f} GFLOPs forward per image at {resolution}px')
 
   t0 = time.perf_counter()
-  compiled, call = compile_step(model, mode, params, images, labels)
+  parts = microbatch.resolve(parallel_microbatches, mode, batch)
+  compiled, call = compile_step(model, mode, params, images, labels, parts)
   compile_s = time.perf_counter() - t0
   log(f'compiled in {compile_s:.1f} s; warm-up {warmup} steps')
   time_fn(call, warmup)
@@ -287,7 +304,7 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
   return Result(
       model=model_name, resolution=resolution, batch=batch, dtype=dtype,
       mode=mode, remat=remat, attention_impl=attention_impl,
-      device=device_name(device),
+      microbatches=parts, device=device_name(device),
       num_params=num_params, img_per_s=ips, step_s_median=med,
       step_s_all=times, forward_flops_per_img=fwd, flops_per_img=per_img,
       tflops=tflops, peak_tflops=peak_tflops, peak_source=peak_source,
@@ -309,6 +326,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help='rematerialize each block in the backward pass')
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'],
                  help='ViT attention kernel (default: XLA decides)')
+  p.add_argument('--parallel_microbatches', type=int, default=0,
+                 help='independent micro-batches per step (0: automatic, '
+                 'see vit_jax.microbatch)')
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--peak_tflops', type=float, default=None,
                  help='peak for MFU (default: datasheet / measured)')
@@ -323,7 +343,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dtype=args.dtype, mode=args.mode, steps=args.steps,
             warmup=args.warmup, remat=args.remat,
             num_classes=args.num_classes, peak_tflops=args.peak_tflops,
-            attention_impl=args.attention_impl)
+            attention_impl=args.attention_impl,
+            parallel_microbatches=args.parallel_microbatches)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

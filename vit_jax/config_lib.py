@@ -141,7 +141,7 @@ def validate(config, num_devices: Optional[int] = None) -> None:
     if config[key] <= 0:
       raise ValueError(f'config.{key}={config[key]} must be positive')
   for key in ('warmup_steps', 'eval_every', 'checkpoint_every',
-              'keep_checkpoints'):
+              'keep_checkpoints', 'parallel_microbatches'):
     if config[key] < 0:
       raise ValueError(f'config.{key}={config[key]} must be >= 0')
   if config.warmup_steps > config.total_steps:
@@ -155,6 +155,15 @@ def validate(config, num_devices: Optional[int] = None) -> None:
   if config.batch_size % config.accum_steps:
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible '
                      f'by config.accum_steps={config.accum_steps}')
+  k = config.parallel_microbatches
+  if k and (config.batch_size // config.accum_steps) % k:
+    raise ValueError(
+        f'config.parallel_microbatches={k} does not divide the micro-batch '
+        f'of {config.batch_size // config.accum_steps} (config.batch_size='
+        f'{config.batch_size} / config.accum_steps={config.accum_steps})')
+  if k and config.eval_batch_size % k:
+    raise ValueError(f'config.parallel_microbatches={k} does not divide '
+                     f'config.eval_batch_size={config.eval_batch_size}')
   if num_devices is not None:
     sizes = sharding.mesh_shape(config.mesh, num_devices)
     split = sizes['data'] * sizes['fsdp']

@@ -36,6 +36,7 @@ from vit_jax import config_lib
 from vit_jax import device_data
 from vit_jax import evaluate
 from vit_jax import metrics
+from vit_jax import microbatch
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
@@ -86,7 +87,8 @@ def _mixup(rng, images, targets, alpha: float):
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule,
                num_classes: int, accum_steps: int = 1,
                label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-               micro_sharding=None) -> tuple[TrainState, dict]:
+               micro_sharding=None, parallel_microbatches: int = 1
+               ) -> tuple[TrainState, dict]:
   """One optimizer step on the global batch (pure function).
 
   Args:
@@ -98,6 +100,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule,
       gradients are averaged (same result as one big batch, less memory).
     label_smoothing, mixup_alpha: target regularizers (0 = off).
     micro_sharding: sharding of a micro-batch's leading dimension.
+    parallel_microbatches: each (accumulation) micro-batch is computed as
+      this many independent parts, which XLA:CPU runs side by side
+      (`vit_jax.microbatch`; same gradients up to summation order).
 
   Returns:
     (new state, {'loss', 'lr', 'grad_norm'} scalars).
@@ -109,11 +114,11 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule,
       jax.nn.one_hot(batch['label'], num_classes), label_smoothing)
   if mixup_alpha > 0:
     images, targets = _mixup(mix_rng, images, targets, mixup_alpha)
-  grad_fn = jax.value_and_grad(functools.partial(_loss, model=model))
+  grad_fn = microbatch.mean_value_and_grad(
+      lambda p, im, tg, r: _loss(p, model, im, tg, r), parallel_microbatches)
 
   if accum_steps == 1:
-    loss, grads = grad_fn(state.params, images=images, targets=targets,
-                          dropout_rng=drop_rng)
+    loss, grads = grad_fn(state.params, images, targets, drop_rng)
   else:
     # Row r goes to micro-batch r % accum_steps, so every device keeps its
     # own rows (no data movement).
@@ -126,8 +131,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule,
     def body(carry, xs):
       loss_sum, grad_sum = carry
       im, tg, i = xs
-      loss, grads = grad_fn(state.params, images=im, targets=tg,
-                            dropout_rng=jax.random.fold_in(drop_rng, i))
+      loss, grads = grad_fn(state.params, im, tg,
+                            jax.random.fold_in(drop_rng, i))
       return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -260,8 +265,10 @@ def setup(config, workdir: str, devices=None) -> Setup:
   init_fn = functools.partial(
       jax.jit(init_state, out_shardings=state_shardings), rng)
 
-  eval_step = evaluate.make_eval_step(model, state_shardings.params,
-                                      batch_sharding, replicated)
+  eval_step = evaluate.make_eval_step(
+      model, state_shardings.params, batch_sharding, replicated,
+      microbatch.resolve(config.parallel_microbatches, 'infer',
+                         config.eval_batch_size, list(mesh.devices.flat)))
   checkpointer = train_checkpoint.TrainCheckpointer(
       workdir, save_every=config.checkpoint_every,
       keep=config.keep_checkpoints, use_async=config.async_checkpoints)
@@ -279,7 +286,10 @@ def make_train_step(s: Setup) -> Callable:
       train_step, model=s.model, tx=s.tx, schedule=s.schedule,
       num_classes=s.info.num_classes, accum_steps=c.accum_steps,
       label_smoothing=c.label_smoothing, mixup_alpha=c.mixup_alpha,
-      micro_sharding=micro)
+      micro_sharding=micro,
+      parallel_microbatches=microbatch.resolve(
+          c.parallel_microbatches, 'train', c.batch_size // c.accum_steps,
+          list(s.mesh.devices.flat)))
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, s.replicated),
                  donate_argnums=0)
