@@ -168,7 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   params = jax.jit(lambda k: model.init(k, images[:1])['params'])(
       jax.random.key(1))
   parts = microbatch.resolve(args.parallel_microbatches, args.mode,
-                            args.batch)
+                             args.batch, resolution=args.resolution)
   compiled, call = bench.compile_step(model, args.mode, params, images,
                                       labels, parts)
   for _ in range(2):

@@ -95,7 +95,8 @@ def jax_step(case: Case, mode: str, dtype: str, resolution: int,
   y = jnp.asarray(labels)
   params = jax.jit(lambda k: model.init(k, x[:1])['params'])(
       jax.random.key(0))
-  parts = microbatch.resolve(parallel_microbatches, mode, x.shape[0])
+  parts = microbatch.resolve(parallel_microbatches, mode, x.shape[0],
+                             resolution=resolution)
   return bench.compile_step(model, mode, params, x, y, parts)[1], parts
 
 

@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.accum_steps = 1              # micro-batches per step (grad accumulation)
   # Independent parts each (accumulation) micro-batch and eval batch is
   # computed in, run side by side by XLA:CPU (vit_jax.microbatch); 0 = auto:
-  # train 2 / eval 4 on a single-device CPU, else 1.
+  # train 2 / eval 4 on a single-device CPU at <= 256 px, else 1.
   c.parallel_microbatches = 0
   c.total_steps = 10_000
   c.warmup_steps = 500

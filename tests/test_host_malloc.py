@@ -23,17 +23,30 @@ def test_adds_the_tunables_and_keeps_the_users_values():
   assert tunables[:2] == ['glibc.malloc.arena_max=2', 'glibc.cpu.x=1']
   assert tunables[2:] == list(host_malloc.TUNABLES[1:])  # not arena_max=1
   assert env['X'] == '1'
+  # Without transparent huge pages: everything but glibc.malloc.hugetlb.
+  env = host_malloc.tuned_environ({}, huge_pages=False)
+  assert env['GLIBC_TUNABLES'] == ':'.join(host_malloc.TUNABLES[:-1])
+  assert host_malloc.HUGETLB not in env['GLIBC_TUNABLES']
 
 
 @pytest.mark.parametrize('environ', [
     {'GLIBC_TUNABLES': ALL},  # already re-executed
     # the user's own values for all of them
     {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=8:glibc.malloc.mmap_max=5:'
-                       'glibc.malloc.trim_threshold=1'},
+                       'glibc.malloc.trim_threshold=1:glibc.malloc.hugetlb=0'},
     {host_malloc.OPT_OUT: '1', 'GLIBC_TUNABLES': ''},
 ])
 def test_leaves_the_environment_alone(environ):
   assert host_malloc.tuned_environ(environ) is None
+
+
+def test_accelerator_hosts_are_left_alone(tmp_path):
+  dev = tmp_path / 'nvidia0'
+  check = host_malloc._accelerator_present  # pylint: disable=protected-access
+  assert not check({}, files=(str(dev),))
+  dev.write_text('')
+  assert check({}, files=(str(dev),))
+  assert not check({'JAX_PLATFORMS': 'cpu'}, files=(str(dev),))
 
 
 def _child(tmp_path, env):
@@ -57,14 +70,17 @@ def test_reexecutes_once_with_the_same_arguments(tmp_path):
          if k not in ('GLIBC_TUNABLES', host_malloc.OPT_OUT)}
   lines = _child(tmp_path, env)
   supported = (host_malloc._glibc_has_tunables()  # pylint: disable=protected-access
-               and sys.platform.startswith('linux'))
+               and sys.platform.startswith('linux')
+               and not host_malloc._accelerator_present(env))  # pylint: disable=protected-access
   if supported:
     # Two starts in the same process (execve keeps the pid), then one run.
     assert len(lines) == 3, lines
     first, second = lines[0].split(), lines[1].split()
     assert first[1] == second[1]
     assert len(first) == 2
-    assert second[2] == ALL
+    thp = (host_malloc._glibc_has_hugetlb()  # pylint: disable=protected-access
+           and host_malloc._thp_available())  # pylint: disable=protected-access
+    assert second[2] == (ALL if thp else ':'.join(host_malloc.TUNABLES[:-1]))
   else:
     assert len(lines) == 2, lines
   assert lines[-1] == "after ['a', '--b=c']"
@@ -109,7 +125,7 @@ def test_tunables_stop_the_per_step_page_faults():
                          timeout=120).stdout.split()
     return [int(x) for x in out]
   default = faults('')
-  tuned = faults(ALL)
+  tuned = faults(':'.join(host_malloc.TUNABLES[:-1]))  # 4 KiB pages: countable
   pages = (256 << 20) // 4096
   # Default glibc: every "step" maps the block afresh and faults it all in.
   assert all(f > pages // 2 for f in default), default

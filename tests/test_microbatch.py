@@ -36,6 +36,10 @@ def test_resolve():
   assert microbatch.resolve(0, 'infer', 7, [CPU]) == 1
   assert microbatch.resolve(0, 'infer', 32, [GPU]) == 1
   assert microbatch.resolve(0, 'train', 32, [CPU, CPU]) == 1
+  # Large images: each op keeps the cores busy on its own.
+  assert microbatch.resolve(0, 'infer', 32, [CPU], resolution=224) == 4
+  assert microbatch.resolve(0, 'infer', 32, [CPU], resolution=384) == 1
+  assert microbatch.resolve(2, 'infer', 32, [CPU], resolution=384) == 2
   # Explicit values are kept, on any device.
   assert microbatch.resolve(8, 'infer', 32, [GPU]) == 8
   with pytest.raises(ValueError, match='parallel_microbatches=3 does not '

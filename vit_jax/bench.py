@@ -290,7 +290,8 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
       f'{fwd / 1e9:.3f} GFLOPs forward per image at {resolution}px')
 
   t0 = time.perf_counter()
-  parts = microbatch.resolve(parallel_microbatches, mode, batch)
+  parts = microbatch.resolve(parallel_microbatches, mode, batch,
+                             resolution=resolution)
   compiled, call = compile_step(model, mode, params, images, labels, parts)
   compile_s = time.perf_counter() - t0
   log(f'compiled in {compile_s:.1f} s; warm-up {warmup} steps')

@@ -1,13 +1,15 @@
 """Independent micro-batches in one step, so XLA:CPU can run them side by side.
 
 XLA:CPU runs a step as a graph of ops, each spread over the cores. On a small
-host (the 2-core machine of docs/performance.md) the cores sit idle 10-15 %
-of an inference step: in the tails of ops too small to split evenly, and
-between dependent ops. Splitting the batch into `k` micro-batches whose
-forward (and backward) passes do not depend on each other gives the
-executor independent work to fill those gaps with. Measured there, batch 32,
-fp32: ViT-Ti/16 inference 46.6 -> 55.2 img/s (k=4), training 15.1 -> 16.7
-img/s (k=2); ViT-S/16 inference 15.2 -> 16.3 (k=4), training +15-25 % (k=2).
+host (the 2-core machine of docs/performance.md, measured with `perf`) the
+cores sit idle 12 % of a ViT-Ti/16 inference step (torch: 1 %): in the tails
+of ops too small to split evenly, and between dependent ops. Splitting the
+batch into `k` micro-batches whose forward (and backward) passes do not
+depend on each other gives the executor independent work for those gaps.
+Measured there, batch 32, fp32: ViT-Ti/16 inference 46.6 -> 55.2 img/s
+(k=4), training 15.1 -> 16.7 img/s (k=2); ViT-S/16 inference 15.2 -> 16.3
+(k=4), training +11-28 % (k=2, two allocator settings). Compile time grows
+with k (S/16 training: about 6 s at k=1, 8 s at k=2, 16 s at k=4).
 
 Nothing changes in what is computed: the models have no batch statistics
 (LayerNorm / GroupNorm), so each example's logits do not depend on how the
@@ -19,11 +21,14 @@ Rows are dealt out round-robin (row r to micro-batch r % k), like
 `train.train_step`'s accumulation split, so a batch sharded over devices
 splits without moving data; `merge` restores the order.
 
-`resolve(requested, kind, batch)` turns the config value into k: a positive
-value is used as given (it must divide the batch); 0 means automatic: on the
-CPU backend with a single device `AUTO_CPU[kind]` (the largest such k that
-divides the batch), else 1 (GPUs and TPUs keep their cores busy within one op,
-and multi-device hosts already run one program per device).
+`resolve(requested, kind, batch, resolution)` turns the config value into k:
+a positive value is used as given (it must divide the batch); 0 means
+automatic: on the CPU backend with a single device and images of at most
+`AUTO_MAX_RESOLUTION` pixels, `AUTO_CPU[kind]` (the largest such k that
+divides the batch), else 1. GPUs and TPUs keep their cores busy within one
+op, multi-device hosts already run one program per device, and at higher
+resolutions each op is large enough: ViT-B/16 inference at 384 px ran 29.3 s
+per batch of 32 at k=1 and 32.8 s at k=4.
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -33,11 +38,16 @@ import jax.numpy as jnp
 
 # Micro-batches per step on a single-device CPU, by step kind (measured, above).
 AUTO_CPU = {'infer': 4, 'train': 2}
+AUTO_MAX_RESOLUTION = 256  # pixels (height and width); above: k = 1
 
 
 def resolve(requested: int, kind: str, batch: int,
-            devices: Optional[Sequence[Any]] = None) -> int:
-  """Number of micro-batches for a step of `kind` ('infer' | 'train')."""
+            devices: Optional[Sequence[Any]] = None,
+            resolution: Optional[int] = None) -> int:
+  """Number of micro-batches for a step of `kind` ('infer' | 'train').
+
+  `resolution`: the image side in pixels, if known (None: not considered).
+  """
   if kind not in AUTO_CPU:
     raise ValueError(f'kind={kind!r}; allowed: {", ".join(AUTO_CPU)}')
   if requested < 0:
@@ -50,6 +60,8 @@ def resolve(requested: int, kind: str, batch: int,
     return requested
   devices = jax.devices() if devices is None else devices
   if len(devices) != 1 or devices[0].platform != 'cpu':
+    return 1
+  if resolution is not None and resolution > AUTO_MAX_RESOLUTION:
     return 1
   k = AUTO_CPU[kind]
   while batch % k:

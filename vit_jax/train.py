@@ -268,7 +268,8 @@ def setup(config, workdir: str, devices=None) -> Setup:
   eval_step = evaluate.make_eval_step(
       model, state_shardings.params, batch_sharding, replicated,
       microbatch.resolve(config.parallel_microbatches, 'infer',
-                         config.eval_batch_size, list(mesh.devices.flat)))
+                         config.eval_batch_size, list(mesh.devices.flat),
+                         config.image_size))
   checkpointer = train_checkpoint.TrainCheckpointer(
       workdir, save_every=config.checkpoint_every,
       keep=config.keep_checkpoints, use_async=config.async_checkpoints)
@@ -289,7 +290,7 @@ def make_train_step(s: Setup) -> Callable:
       micro_sharding=micro,
       parallel_microbatches=microbatch.resolve(
           c.parallel_microbatches, 'train', c.batch_size // c.accum_steps,
-          list(s.mesh.devices.flat)))
+          list(s.mesh.devices.flat), c.image_size))
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, s.replicated),
                  donate_argnums=0)
