@@ -61,24 +61,21 @@ OPT_OUT = 'VIT_JAX_DEFAULT_MALLOC'
 ACCELERATOR_DEVICE_FILES = ('/dev/nvidia0', '/dev/accel0', '/dev/kfd')
 
 
-def _glibc_has_tunables() -> bool:
-  lib, version = platform.libc_ver()
-  if lib != 'glibc':
-    return False
-  try:
-    major, minor = (int(p) for p in version.split('.')[:2])
-  except ValueError:
-    return False
-  return (major, minor) >= (2, 26)
-
-
-def _glibc_has_hugetlb() -> bool:
+def _glibc_at_least(major: int, minor: int) -> bool:
   lib, version = platform.libc_ver()
   try:
     return lib == 'glibc' and tuple(
-        int(p) for p in version.split('.')[:2]) >= (2, 35)
+        int(p) for p in version.split('.')[:2]) >= (major, minor)
   except ValueError:
     return False
+
+
+def _glibc_has_tunables() -> bool:
+  return _glibc_at_least(2, 26)
+
+
+def _glibc_has_hugetlb() -> bool:
+  return _glibc_at_least(2, 35)
 
 
 def _thp_available(path: str = _THP) -> bool:
