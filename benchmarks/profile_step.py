@@ -35,7 +35,6 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from vit_jax import bench  # pylint: disable=g-import-not-at-top
-from vit_jax import microbatch  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
 
 _INSTR = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
@@ -167,10 +166,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   labels = jnp.zeros((args.batch,), jnp.int32)
   params = jax.jit(lambda k: model.init(k, images[:1])['params'])(
       jax.random.key(1))
-  parts = microbatch.resolve(args.parallel_microbatches, args.mode,
-                             args.batch, resolution=args.resolution)
-  compiled, call = bench.compile_step(model, args.mode, params, images,
-                                      labels, parts)
+  compiled, call, parts = bench.compile_step(
+      model, args.mode, params, images, labels, args.parallel_microbatches)
   for _ in range(2):
     jax.block_until_ready(call())
   run_dir = os.path.join(args.trace_dir, time.strftime('%Y%m%d-%H%M%S'))
@@ -186,7 +183,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 1
   rows = op_table(traces[0], compiled.as_text())
   print(f'{args.model} {args.resolution}px batch {args.batch} {args.dtype} '
-        f'{args.mode} in {parts} micro-batches on {bench.device_name()}: step {wall * 1e3:.1f} ms '
+        f'{args.mode} in {parts} micro-batches on {bench.device_name()}: '
+        f'step {wall * 1e3:.1f} ms '
         f'(profiled); {len(rows)} kinds of op; trace in {run_dir}')
   print('      ms  count  GFLOP/s  output <- fused ops | matmul operands')
   for ms, n, key, rate in rows[:args.top]:

@@ -38,7 +38,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 from vit_jax import bench  # pylint: disable=g-import-not-at-top
-from vit_jax import microbatch  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
 
 try:
@@ -95,9 +94,8 @@ def jax_step(case: Case, mode: str, dtype: str, resolution: int,
   y = jnp.asarray(labels)
   params = jax.jit(lambda k: model.init(k, x[:1])['params'])(
       jax.random.key(0))
-  parts = microbatch.resolve(parallel_microbatches, mode, x.shape[0],
-                             resolution=resolution)
-  return bench.compile_step(model, mode, params, x, y, parts)[1], parts
+  return bench.compile_step(model, mode, params, x, y,
+                            parallel_microbatches)[1:]
 
 
 def torch_step(case: Case, mode: str, dtype: str, resolution: int,

@@ -209,18 +209,23 @@ def make_train_step(model, tx: optax.GradientTransformation,
 
 
 def compile_step(model, mode: str, params, images, labels=None,
-                 microbatches: int = 1) -> tuple[Any, Callable[[], Any]]:
-  """(compiled step, no-argument callable running it once) for `mode`.
+                 parallel_microbatches: int = 0
+                 ) -> tuple[Any, Callable[[], Any], int]:
+  """(compiled step, no-argument callable running it once, micro-batches).
 
   'infer': the forward of `make_infer_step`. 'train': one AdamW step of
   `make_train_step` (lr 1e-4, weight decay 1e-4); the callable carries the
   updated (donated) parameters and optimizer state from call to call.
-  `microbatches`: as resolved by `microbatch.resolve`.
+  `parallel_microbatches` (0: automatic) is resolved by `microbatch.resolve`
+  for the batch and resolution of `images` [B, H, W, 3].
   """
+  microbatches = microbatch.resolve(parallel_microbatches, mode,
+                                    images.shape[0],
+                                    resolution=images.shape[1])
   if mode == 'infer':
     compiled = make_infer_step(model, microbatches).lower(
         params, images).compile()
-    return compiled, lambda: compiled(params, images)
+    return compiled, lambda: compiled(params, images), microbatches
   tx = optax.adamw(1e-4, weight_decay=1e-4)
   state = [params, jax.jit(tx.init)(params)]
   compiled = make_train_step(model, tx, microbatches).lower(
@@ -229,7 +234,7 @@ def compile_step(model, mode: str, params, images, labels=None,
   def call():
     state[0], state[1], loss = compiled(state[0], state[1], images, labels)
     return loss
-  return compiled, call
+  return compiled, call, microbatches
 
 
 def _device_peak_bytes(device, compiled) -> tuple[Optional[int], str]:
@@ -290,9 +295,8 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
       f'{fwd / 1e9:.3f} GFLOPs forward per image at {resolution}px')
 
   t0 = time.perf_counter()
-  parts = microbatch.resolve(parallel_microbatches, mode, batch,
-                             resolution=resolution)
-  compiled, call = compile_step(model, mode, params, images, labels, parts)
+  compiled, call, parts = compile_step(model, mode, params, images, labels,
+                                       parallel_microbatches)
   compile_s = time.perf_counter() - t0
   log(f'compiled in {compile_s:.1f} s; warm-up {warmup} steps')
   time_fn(call, warmup)
