@@ -1,6 +1,7 @@
 """Fast paths against the reference implementations they replace: PatchEmbed
 vs flax's convolution, head-major attention vs `jax.nn.dot_product_attention`,
-ResNet's StdConv as im2col + matmul vs the convolution."""
+ResNet's StdConv as im2col + matmul vs the convolution, its GroupNorm vs
+flax's."""
 
 import flax.linen as nn
 import jax
@@ -76,14 +77,50 @@ def test_std_conv_matmul_equals_the_convolution(kernel, strides, size):
   ref = slow.apply(params, x)
   np.testing.assert_allclose(fast.apply(params, x), ref, rtol=0,
                              atol=1e-5 * float(jnp.abs(ref).max()))
-  grad = lambda m: jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(params)
-  g_fast = grad(fast)['params']['kernel']
-  g_slow = grad(slow)['params']['kernel']
+  grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2),
+                            argnums=(0, 1))(params, x)
+  (g_fast, dx_fast), (g_slow, dx_slow) = grad(fast), grad(slow)
+  np.testing.assert_allclose(dx_fast, dx_slow, rtol=0,
+                             atol=1e-5 * float(jnp.abs(dx_slow).max()))
+  g_fast, g_slow = g_fast['params']['kernel'], g_slow['params']['kernel']
   # Weight standardization sums terms of ~1e3 into ~1: compare at float32
   # rounding of the largest entry.
   np.testing.assert_allclose(g_fast, g_slow, rtol=0,
                              atol=1e-5 * float(jnp.abs(g_slow).max()))
   assert float(jnp.abs(g_slow).max()) > 1.0
+
+
+@pytest.mark.parametrize('shape,dtype', [
+    ((2, 8, 8, 64), jnp.float32), ((3, 5, 7, 32), jnp.float32),
+    ((2, 4, 4, 256), jnp.float32), ((2, 6, 6, 64), jnp.bfloat16)])
+def test_group_norm_equals_flax(shape, dtype):
+  """ResNet's two-stage GroupNorm: flax's parameters, outputs, gradients
+  (w.r.t. input, scale and bias) and output dtype."""
+  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  x = (jax.random.normal(jax.random.key(0), shape) * 3 + 1).astype(dtype)
+  ours, ref = resnet.GroupNorm(), nn.GroupNorm()
+  params = ours.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, ref.init(jax.random.key(1), x))
+  params = jax.tree.map(  # not the identity initialization
+      lambda t: t + jax.random.normal(jax.random.key(2), t.shape), params)
+  y, y_ref = ours.apply(params, x), ref.apply(params, x)
+  assert y.dtype == y_ref.dtype
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(y.astype(jnp.float32), y_ref.astype(jnp.float32),
+                             rtol=0, atol=tol * float(jnp.abs(y_ref).max()))
+  if dtype != jnp.float32:
+    return
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  grads = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+  grads_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(g, g_ref, rtol=0,
+                               atol=1e-5 * float(jnp.abs(g_ref).max()))
+  assert resnet.GroupNorm(dtype=jnp.bfloat16).apply(
+      params, x).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match='48 channels'):
+    resnet.GroupNorm().init(jax.random.key(0), jnp.zeros((1, 2, 2, 48)))
 
 
 def test_std_conv_keeps_native_convolutions_off_cpu(monkeypatch):

@@ -32,6 +32,32 @@ def weight_standardize(w, axis, eps):
   return w / (jnp.std(w, axis=axis) + eps)
 
 
+@jax.custom_vjp
+def _matmul(x, w):
+  """x [..., K] @ w [K, N], with a backward that suits XLA:CPU (below)."""
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(res, g):
+  """dx = g w^T; dw = x^T g with x materialized in its own layout first.
+
+  Left to itself XLA:CPU fuses the recomputed GroupNorm / ReLU producing x
+  into the transpose that the kernel gradient needs, a loop that reads its
+  inputs at a stride of C (R26+S/32 training: ~2 of 8.5 s per step); the
+  barrier keeps the elementwise work contiguous and the transpose plain.
+  """
+  x, w = res
+  x2 = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]))
+  return g @ w.T, x2.T @ g.reshape(-1, g.shape[-1])
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def im2col(x, kernel_size, strides, padding):
   """[B, H, W, C] -> [B, H', W', kh * kw * C] patches, (kh, kw, C)-ordered.
 
@@ -101,8 +127,44 @@ class StdConv(nn.Conv):
     x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias,
                                               dtype=self.dtype)
     cols = im2col(x, (kh, kw), strides, self.padding)
-    y = cols @ kernel.reshape(-1, self.features)
+    kernel = kernel.reshape(-1, self.features)
+    y = (_matmul(cols, kernel) if jax.default_backend() == 'cpu'
+         else cols @ kernel)
     return y if bias is None else y + bias
+
+
+class GroupNorm(nn.Module):
+  """`nn.GroupNorm` for [B, H, W, C] inputs: same `scale` / `bias` [C], same
+  function (32 groups, eps 1e-6, float32 statistics, variance as
+  E[x^2] - E[x]^2), statistics reduced in two stages: over H * W to [B, C],
+  then within each group. XLA:CPU does the one-pass reduction over
+  (H, W, C / groups) ~2.7x slower (R26+S/32 training: ~0.55 s per step).
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  scale_init: nn.initializers.Initializer = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x):
+    b, c, g = x.shape[0], x.shape[-1], self.num_groups
+    if c % g:
+      raise ValueError(f'{c} channels are not divisible into {g} groups')
+    scale = self.param('scale', self.scale_init, (c,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
+    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    flat = x.reshape(b, -1, c).astype(stats_dtype)           # [B, HW, C]
+    n = flat.shape[1] * (c // g)
+    per_group = lambda s: s.reshape(b, g, c // g).sum(-1) / n  # [B, G]
+    mean = per_group(jnp.sum(flat, axis=1))
+    var = jnp.maximum(per_group(jnp.sum(flat * flat, axis=1)) - mean ** 2, 0)
+    per_channel = lambda t: jnp.repeat(t, c // g, axis=-1).reshape(
+        b, *[1] * (x.ndim - 2), c)
+    mul = per_channel(jax.lax.rsqrt(var + self.epsilon)) * scale
+    y = (x - per_channel(mean)) * mul + bias
+    dtype = self.dtype or jnp.result_type(x, scale, bias)
+    return y.astype(dtype)
 
 
 class ResidualUnit(nn.Module):
@@ -120,13 +182,13 @@ class ResidualUnit(nn.Module):
     if x.shape[-1] != self.features * 4 or tuple(self.strides) != (1, 1):
       residual = StdConv(self.features * 4, (1, 1), self.strides,
                          name='conv_proj', **kw)(residual)
-      residual = nn.GroupNorm(name='gn_proj', **gn)(residual)
+      residual = GroupNorm(name='gn_proj', **gn)(residual)
     y = StdConv(self.features, (1, 1), name='conv1', **kw)(x)
-    y = nn.relu(nn.GroupNorm(name='gn1', **gn)(y))
+    y = nn.relu(GroupNorm(name='gn1', **gn)(y))
     y = StdConv(self.features, (3, 3), self.strides, name='conv2', **kw)(y)
-    y = nn.relu(nn.GroupNorm(name='gn2', **gn)(y))
+    y = nn.relu(GroupNorm(name='gn2', **gn)(y))
     y = StdConv(self.features * 4, (1, 1), name='conv3', **kw)(y)
-    y = nn.GroupNorm(name='gn3', scale_init=nn.initializers.zeros, **gn)(y)
+    y = GroupNorm(name='gn3', scale_init=nn.initializers.zeros, **gn)(y)
     return nn.relu(residual + y)
 
 
@@ -169,7 +231,7 @@ def root_and_stages(x, layers: Sequence[int], width: int = 1, *,
   w = int(64 * width)
   kw = dict(dtype=dtype, param_dtype=param_dtype)
   x = StdConv(w, (7, 7), (2, 2), use_bias=False, name='conv_root', **kw)(x)
-  x = nn.relu(nn.GroupNorm(name='gn_root', **kw)(x))
+  x = nn.relu(GroupNorm(name='gn_root', **kw)(x))
   x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
   for s, units in enumerate(layers):
     x = ResNetStage(units, w * 2 ** s, (2, 2) if s else (1, 1),
