@@ -1,5 +1,6 @@
 """Fast paths against the reference implementations they replace: PatchEmbed
-vs flax's convolution, head-major attention vs `jax.nn.dot_product_attention`,
+vs flax's convolution, head-major attention vs `jax.nn.dot_product_attention`
+and its hand-written gradient vs autodiff,
 ResNet's StdConv as im2col + matmul vs the convolution, its GroupNorm vs
 flax's."""
 
@@ -53,6 +54,32 @@ def test_head_major_attention_equals_jax(nq, nk):
       rtol=1e-5, atol=1e-5)
   assert w.shape == (2, 3, nq, nk) and w.dtype == jnp.float32
   np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('nq,nk', [(197, 197), (1, 50)])
+def test_attention_gradient_equals_autodiff(nq, nk):
+  """The hand-written attention backward (FlashAttention's softmax gradient)
+  against autodiff through `_head_major_attention`; float32 and bfloat16."""
+  keys = jax.random.split(jax.random.key(0), 4)
+  q = jax.random.normal(keys[0], (2, nq, 3, 16))
+  k = jax.random.normal(keys[1], (2, nk, 3, 16))
+  v = jax.random.normal(keys[2], (2, nk, 3, 16))
+  g = jax.random.normal(keys[3], (2, nq, 3, 16))
+  ref = lambda q, k, v: vit._head_major_attention(q, k, v, lambda w: w)[0]  # pylint: disable=protected-access
+  ours = vit._head_major_attention_output  # pylint: disable=protected-access
+  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+    args = [t.astype(dtype) for t in (q, k, v)]
+    loss = lambda f: lambda *a: jnp.sum(f(*a).astype(jnp.float32) * g)
+    np.testing.assert_allclose(ours(*args).astype(jnp.float32),
+                               ref(*args).astype(jnp.float32), rtol=0,
+                               atol=tol)
+    grads = jax.grad(loss(ours), argnums=(0, 1, 2))(*args)
+    grads_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(*args)
+    for got, want in zip(grads, grads_ref):
+      assert got.dtype == want.dtype == dtype
+      np.testing.assert_allclose(
+          got.astype(jnp.float32), want.astype(jnp.float32), rtol=0,
+          atol=tol * float(jnp.abs(want.astype(jnp.float32)).max()))
 
 
 @pytest.mark.parametrize('kernel,strides,size', [

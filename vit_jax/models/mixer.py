@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vit_jax.models import gelu
 from vit_jax.models import patchify
 
 Dtype = jnp.dtype
@@ -39,7 +40,7 @@ class MlpBlock(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = nn.Dense(self.mlp_dim, name='Dense_0', **kw)(x)
-    y = nn.gelu(y, approximate=False)
+    y = gelu.gelu(y)
     return nn.Dense(x.shape[-1], name='Dense_1', **kw)(y)
 
 

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import gelu
 from vit_jax.models import patchify
 from vit_jax.models import resnet
 
@@ -71,7 +72,7 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     h = dense(self.mlp_dim, name='Dense_0')(x)
-    h = nn.gelu(h, approximate=False)
+    h = gelu.gelu(h)
     _record(self, 'mlp_hidden', h)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     y = dense(self.out_dim or x.shape[-1], name='Dense_1')(h)
@@ -124,15 +125,65 @@ def _head_major_attention(q, k, v, dropout):
   return y.transpose(0, 2, 1, 3), w
 
 
+def _head_major(t):
+  return t.transpose(0, 2, 1, 3)
+
+
+def _attention_forward(q, k, v):
+  """softmax(q k^T) v for head-major [B, h, N, d] (q already scaled)."""
+  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k,
+                      preferred_element_type=jnp.float32)
+  p = jax.nn.softmax(logits, axis=-1)
+  return jnp.einsum('bhqk,bhkd->bhqd', p.astype(v.dtype), v), p
+
+
+@jax.custom_vjp
+def _attention_core(q, k, v):
+  return _attention_forward(q, k, v)[0]
+
+
+def _attention_core_fwd(q, k, v):
+  y, p = _attention_forward(q, k, v)
+  return y, (q, k, v, p, y)
+
+
+def _attention_core_bwd(res, dy):
+  """The softmax gradient as FlashAttention writes it: ds = p * (dp - delta)
+  with delta = rowsum(dy * y) ([B, h, N] from [B, h, N, d]) instead of
+  autodiff's rowsum(dp * p) over [B, h, N, N], and without XLA:CPU's fusion of
+  that reduction into the dy v^T matmul."""
+  q, k, v, p, y = res
+  f32 = jnp.float32
+  dv = jnp.einsum('bhqk,bhqd->bhkd', p.astype(v.dtype), dy)
+  dp = jnp.einsum('bhqd,bhkd->bhqk', dy, v, preferred_element_type=f32)
+  delta = jnp.sum(dy.astype(f32) * y.astype(f32), axis=-1, keepdims=True)
+  ds = (p * (dp - delta)).astype(q.dtype)
+  dq = jnp.einsum('bhqk,bhkd->bhqd', ds, k)
+  dk = jnp.einsum('bhqk,bhqd->bhkd', ds, q)
+  return dq, dk, dv
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
+def _head_major_attention_output(q, k, v):
+  """`_head_major_attention` without dropout and without the weights, with a
+  hand-written gradient (`_attention_core_bwd`): ViT-Ti/16 attention forward +
+  backward 60 -> 52 ms per block at batch 32 on the 2-core CPU."""
+  q, k, v = (_head_major(t) for t in (q, k, v))
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  return _head_major(_attention_core(q, k, v))
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention with the official parameter layout.
 
   `query`/`key`/`value` kernels are [D, heads, D/heads] and `out` is
   [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. Softmax runs
-  in float32 whatever the compute dtype. `implementation=None` or 'xla':
-  `_head_major_attention` (XLA); 'cudnn': cuDNN flash attention on GPU
-  (bf16/fp16; not used while intermediates are recorded or attention dropout
-  is active, which need the weights).
+  in float32 whatever the compute dtype. `implementation=None` or 'xla': XLA,
+  `_head_major_attention_output` (hand-written gradient); 'cudnn': cuDNN flash
+  attention on GPU (bf16/fp16). While intermediates are recorded or attention
+  dropout is active, which need the weights, both use `_head_major_attention`.
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -158,6 +209,9 @@ class Attention(nn.Module):
         self.is_mutable_collection('intermediates')
         or (self.dropout_rate > 0 and not deterministic)):
       y = _cudnn_attention(q, k, v)
+    elif not (self.is_mutable_collection('intermediates')
+              or (self.dropout_rate > 0 and not deterministic)):
+      y = _head_major_attention_output(q, k, v)
     else:
       y, w = _head_major_attention(
           q, k, v, functools.partial(nn.Dropout(self.dropout_rate),
