@@ -106,6 +106,21 @@ def _cudnn_attention(q, k, v):
   return y[:, :nq]
 
 
+def _head_major(t):
+  """[B, N, h, d] <-> [B, h, N, d]."""
+  return t.transpose(0, 2, 1, 3)
+
+
+def _attention_forward(q, k, v, dropout=None):
+  """(softmax(q k^T) v, float32 weights) for head-major [B, h, N, d] (q
+  already scaled); `dropout`, if given, is applied to the weights before v."""
+  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k,
+                      preferred_element_type=jnp.float32)
+  p = jax.nn.softmax(logits, axis=-1)
+  p_used = p if dropout is None else dropout(p)
+  return jnp.einsum('bhqk,bhkd->bhqd', p_used.astype(v.dtype), v), p
+
+
 def _head_major_attention(q, k, v, dropout):
   """softmax(q k^T / sqrt(d)) v for q [B, Nq, h, d], k, v [B, Nk, h, d].
 
@@ -116,25 +131,10 @@ def _head_major_attention(q, k, v, dropout):
   26 ms); see docs/performance.md.
   Logits and softmax are float32; `dropout` is applied to the weights.
   """
-  q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+  q, k, v = (_head_major(t) for t in (q, k, v))
   q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
-  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k,
-                      preferred_element_type=jnp.float32)
-  w = jax.nn.softmax(logits, axis=-1)
-  y = jnp.einsum('bhqk,bhkd->bhqd', dropout(w).astype(v.dtype), v)
-  return y.transpose(0, 2, 1, 3), w
-
-
-def _head_major(t):
-  return t.transpose(0, 2, 1, 3)
-
-
-def _attention_forward(q, k, v):
-  """softmax(q k^T) v for head-major [B, h, N, d] (q already scaled)."""
-  logits = jnp.einsum('bhqd,bhkd->bhqk', q, k,
-                      preferred_element_type=jnp.float32)
-  p = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum('bhqk,bhkd->bhqd', p.astype(v.dtype), v), p
+  y, w = _attention_forward(q, k, v, dropout)
+  return _head_major(y), w
 
 
 @jax.custom_vjp
