@@ -104,7 +104,7 @@ def tuned_environ(environ: Mapping[str, str], huge_pages: bool = True
     return None
   current = environ.get('GLIBC_TUNABLES', '')
   present = {t.split('=')[0] for t in current.split(':') if t}
-  wanted = TUNABLES if huge_pages else TUNABLES[:-1]
+  wanted = [t for t in TUNABLES if huge_pages or t != HUGETLB]
   missing = [t for t in wanted if t.split('=')[0] not in present]
   if not missing:
     return None
