@@ -71,6 +71,23 @@ def test_cls_insertion():
     model.apply({'params': params}, x, cls_insert_layer=3)
 
 
+@pytest.mark.parametrize('insert', [0, 2])
+def test_last_block_computes_the_class_token_alone_same_function(insert):
+  model, params, x = setup('mu/16', num_layers=3)
+  full = lambda p: intermediates.apply(model, p, x,
+                                       cls_insert_layer=insert)[0]
+  fast = lambda p: model.apply({'params': p}, x, cls_insert_layer=insert)
+  np.testing.assert_allclose(fast(params), full(params), rtol=1e-5, atol=1e-6)
+  loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+      jax.grad(loss(fast))(params), jax.grad(loss(full))(params))
+  # ... and does less: the last block's MLP sees one row
+  jaxpr = str(jax.make_jaxpr(fast)(params))
+  assert 'f32[2,1,128]' in jaxpr
+  assert 'f32[2,1,128]' not in str(jax.make_jaxpr(full)(params))
+
+
 def test_dropout_only_in_training():
   model, params, x = setup('mu/16', dropout_rate=0.1,
                            attention_dropout_rate=0.1)

@@ -63,16 +63,21 @@ def forward_flops(model, image_size: Sequence[int] = (224, 224),
 
 def vit_flops_formula(num_layers: int, hidden: int, mlp_dim: int,
                       num_tokens: int, patch_pixels: int,
-                      num_classes: int) -> int:
+                      num_classes: int, last_layer_queries: int = 0) -> int:
   """Closed-form ViT forward FLOPs (2 x MACs) for cross-checking.
 
   Args:
     num_tokens: sequence length T (patches, plus 1 for a class token).
     patch_pixels: p * p * 3, inputs per patch of the embedding conv.
+    last_layer_queries: rows the last block computes (0: all T). Our ViTs
+      with a class-token classifier compute 1 (`vit.EncoderBlock`'s
+      `first_token_only`); the figures usually quoted assume all T.
   """
   t, d = num_tokens, hidden
+
+  def layer(q):  # q query rows, t keys / values
+    return (2 * q * d * d + 2 * t * d * 2 * d + 2 * 2 * q * t * d
+            + 2 * q * d * d + 2 * 2 * q * d * mlp_dim)
   n_patches = t - 1  # class token is not embedded by the conv
-  per_layer = 2 * t * d * 3 * d + 2 * 2 * t * t * d + 2 * t * d * d \
-      + 2 * 2 * t * d * mlp_dim
-  return (2 * n_patches * patch_pixels * d + num_layers * per_layer
-          + 2 * d * num_classes)
+  return (2 * n_patches * patch_pixels * d + (num_layers - 1) * layer(t)
+          + layer(last_layer_queries or t) + 2 * d * num_classes)

@@ -224,7 +224,14 @@ class Attention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  `first_token_only=True` returns only the first token's output [B, 1, D]:
+  every token still serves as a key and value, but only the first one is a
+  query, and the output projection and MLP run on that row alone. The same
+  function as the full block's row 0 (rows of a matmul are independent);
+  ViT's last block with a class-token classifier, where nothing else is read.
+  """
   mlp_dim: int
   num_heads: int
   dropout_rate: float = 0.0
@@ -232,15 +239,19 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: Optional[str] = None
+  first_token_only: bool = False
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool = True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
+    if self.first_token_only:
+      x = x[:, :1]
     y = Attention(self.num_heads, self.attention_dropout_rate,
                   implementation=self.attention_impl,
                   name='MultiHeadDotProductAttention_1', **kw)(
-                      y, deterministic=deterministic)
+                      y[:, :1] if self.first_token_only else y, y,
+                      deterministic=deterministic)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = nn.LayerNorm(name='LayerNorm_2', **kw)(x)
     y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate,
@@ -281,7 +292,13 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, cls=None, *, cls_insert_layer: int = 0,
-               train: bool = False):
+               train: bool = False, class_token_only: bool = False):
+    """Tokens [B, N, D] (and the class token [1, 1, D] or None) -> encoded
+    tokens [B, N(+1), D]; with `class_token_only` (needs `cls`), only the
+    class token's [B, 1, D], and the last block computes that row alone
+    (`EncoderBlock.first_token_only`)."""
+    if class_token_only and cls is None:
+      raise ValueError('class_token_only needs a class token')
     b, n, d = x.shape
     n_prefix = 0 if cls is None else 1
     pe = PositionEmbedding((1, n_prefix + n, d), self.param_dtype,
@@ -299,8 +316,9 @@ class Encoder(nn.Module):
         x = jnp.concatenate([cls, x], axis=1)
       x = block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
                     self.attention_dropout_rate, self.dtype, self.param_dtype,
-                    self.attention_impl, name=f'encoderblock_{i}')(
-                        x, deterministic=not train)
+                    self.attention_impl,
+                    class_token_only and i == self.num_layers - 1,
+                    name=f'encoderblock_{i}')(x, deterministic=not train)
     return nn.LayerNorm(name='encoder_norm', dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
 
@@ -426,10 +444,16 @@ class VisionTransformer(nn.Module):
     if self.classifier in ('token', 'token_unpooled'):
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c),
                        self.param_dtype)
+    # With a class-token classifier only row 0 of the last block is read:
+    # that block computes it alone (about 1/num_layers of the FLOPs less),
+    # unless intermediates are recorded (they hold every block's tokens).
+    class_token_only = (self.classifier == 'token' and
+                        not self.is_mutable_collection('intermediates'))
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
                 self.dropout_rate, self.attention_dropout_rate, self.remat,
                 attention_impl=self.attention_impl, name='Transformer', **kw)(
-                    x, cls, cls_insert_layer=cls_insert_layer, train=train)
+                    x, cls, cls_insert_layer=cls_insert_layer, train=train,
+                    class_token_only=class_token_only)
 
     if self.classifier == 'token':
       x = x[:, 0]
