@@ -7,7 +7,11 @@ sync. Elementwise work (GELU, softmax, norms, adds) is not counted; it is
 under 1 % for ViTs. This is the convention that matches a measured `2 n^3`
 matmul peak, so `flops * img_per_s / peak` is the model-FLOPs utilization.
 (Papers and fvcore often quote multiply-accumulates instead: ViT-B/16 at 224
-is 17.6 G multiply-accumulates = 35.1 GFLOPs here.)
+is 17.6 G multiply-accumulates = 35.1 GFLOPs with every token through every
+block. Our ViTs with a class-token classifier compute the last block for the
+class token alone, the only row that is read (`vit.EncoderBlock`), so the
+jaxpr holds 32.7 GFLOPs; that is what is counted here, and MFU is not
+inflated by work that is skipped.)
 """
 
 from typing import Any, Sequence

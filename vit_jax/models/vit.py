@@ -182,8 +182,10 @@ class Attention(nn.Module):
   [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. Softmax runs
   in float32 whatever the compute dtype. `implementation=None` or 'xla': XLA,
   `_head_major_attention_output` (hand-written gradient); 'cudnn': cuDNN flash
-  attention on GPU (bf16/fp16). While intermediates are recorded or attention
-  dropout is active, which need the weights, both use `_head_major_attention`.
+  attention on GPU (bf16/fp16); a single query (the last block's class token,
+  see `EncoderBlock`) takes the XLA path. While intermediates are recorded or
+  attention dropout is active, which need the weights, both use
+  `_head_major_attention`.
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -205,7 +207,7 @@ class Attention(nn.Module):
     q = dense(name='query')(x_q)  # [B, Nq, h, d/h]
     k = dense(name='key')(x_kv)   # [B, Nk, h, d/h]
     v = dense(name='value')(x_kv)
-    if self.implementation == 'cudnn' and not (
+    if self.implementation == 'cudnn' and q.shape[1] > 1 and not (
         self.is_mutable_collection('intermediates')
         or (self.dropout_rate > 0 and not deterministic)):
       y = _cudnn_attention(q, k, v)
