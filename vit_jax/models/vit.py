@@ -207,12 +207,11 @@ class Attention(nn.Module):
     q = dense(name='query')(x_q)  # [B, Nq, h, d/h]
     k = dense(name='key')(x_kv)   # [B, Nk, h, d/h]
     v = dense(name='value')(x_kv)
-    if self.implementation == 'cudnn' and q.shape[1] > 1 and not (
-        self.is_mutable_collection('intermediates')
-        or (self.dropout_rate > 0 and not deterministic)):
+    needs_weights = (self.is_mutable_collection('intermediates')
+                     or (self.dropout_rate > 0 and not deterministic))
+    if self.implementation == 'cudnn' and q.shape[1] > 1 and not needs_weights:
       y = _cudnn_attention(q, k, v)
-    elif not (self.is_mutable_collection('intermediates')
-              or (self.dropout_rate > 0 and not deterministic)):
+    elif not needs_weights:
       y = _head_major_attention_output(q, k, v)
     else:
       y, w = _head_major_attention(
