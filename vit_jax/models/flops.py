@@ -1,7 +1,8 @@
 """Parameter counts and analytic forward FLOPs of any model in the registry.
 
 FLOPs are counted as 2 x multiply-accumulates of every matrix product
-(`dot_general`) and convolution in the forward pass, read off the model's
+(`dot_general`, and the OpenBLAS products of `vit_jax.kernels.cpu_gemm`) and
+convolution in the forward pass, read off the model's
 jaxpr: exact for any architecture, with no per-family formula to keep in
 sync. Elementwise work (GELU, softmax, norms, adds) is not counted; it is
 under 1 % for ViTs. This is the convention that matches a measured `2 n^3`
@@ -21,6 +22,8 @@ import jax.extend.core  # noqa: F401  (jaxprs_in_params)
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.kernels import cpu_gemm
+
 
 def count_params(tree: Any) -> int:
   """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
@@ -35,6 +38,14 @@ def _eqn_flops(eqn) -> int:
     contract = int(np.prod([lhs[d] for d in lc]))
     out = int(np.prod(eqn.outvars[0].aval.shape))
     return 2 * out * contract
+  if (name == 'ffi_call'
+      and eqn.params.get('target_name') == cpu_gemm.TARGET):
+    # op(a) [..., M, K] @ op(b) [..., K, N]: K is a's contracted dim.
+    a = eqn.invars[0].aval.shape
+    trans_a = dict(eqn.params['attributes'])['trans_a']
+    contract = a[-2] if trans_a else a[-1]
+    out = int(np.prod(eqn.outvars[0].aval.shape))
+    return 2 * out * int(contract)
   if name == 'conv_general_dilated':
     rhs = eqn.invars[1].aval.shape
     dn = eqn.params['dimension_numbers']

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vit_jax.kernels import cpu_gemm
 from vit_jax.models import gelu
 from vit_jax.models import patchify
 
@@ -38,7 +39,8 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              dot_general=cpu_gemm.dot_general)
     y = nn.Dense(self.mlp_dim, name='Dense_0', **kw)(x)
     y = gelu.gelu(y)
     return nn.Dense(x.shape[-1], name='Dense_1', **kw)(y)

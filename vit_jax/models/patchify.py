@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.kernels import cpu_gemm
+
 
 def patches(x: jax.Array, patch: Sequence[int]) -> jax.Array:
   """[B, H, W, C] -> [B, H // ph, W // pw, ph * pw * C] (row-major patches)."""
@@ -49,7 +51,7 @@ class PatchEmbed(nn.Module):
                       self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
-    if (ph, pw) == (1, 1):
-      return x @ kernel[0, 0] + bias
-    return patches(x, (ph, pw)) @ kernel.reshape(ph * pw * c,
-                                                 self.features) + bias
+    if (ph, pw) != (1, 1):
+      x = patches(x, (ph, pw))
+    w = kernel.reshape(ph * pw * c, self.features)
+    return cpu_gemm.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ()))) + bias

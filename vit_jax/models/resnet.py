@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.kernels import cpu_gemm
+
 Dtype = jnp.dtype
 
 # Units per stage of the standard depths.
@@ -128,8 +130,13 @@ class StdConv(nn.Conv):
                                               dtype=self.dtype)
     cols = im2col(x, (kh, kw), strides, self.padding)
     kernel = kernel.reshape(-1, self.features)
-    y = (_matmul(cols, kernel) if jax.default_backend() == 'cpu'
-         else cols @ kernel)
+    if cpu_gemm.active() and cols.dtype == kernel.dtype == jnp.float32:
+      y = cpu_gemm.matmul(cols.reshape(-1, cols.shape[-1]), kernel)
+      y = y.reshape(cols.shape[:-1] + (self.features,))
+    elif jax.default_backend() == 'cpu':
+      y = _matmul(cols, kernel)
+    else:
+      y = cols @ kernel
     return y if bias is None else y + bias
 
 

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.kernels import cpu_gemm
 from vit_jax.models import gelu
 from vit_jax.models import patchify
 from vit_jax.models import resnet
@@ -69,6 +70,7 @@ class MlpBlock(nn.Module):
   def __call__(self, x, *, deterministic: bool = True):
     dense = functools.partial(
         nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+        dot_general=cpu_gemm.dot_general,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     h = dense(self.mlp_dim, name='Dense_0')(x)
@@ -139,11 +141,16 @@ def _head_major_attention(q, k, v, dropout):
 
 @jax.custom_vjp
 def _attention_core(q, k, v):
-  return _attention_forward(q, k, v)[0]
+  return _attention_core_fwd(q, k, v)[0]
 
 
 def _attention_core_fwd(q, k, v):
-  y, p = _attention_forward(q, k, v)
+  """`_attention_forward` without dropout, its products through
+  `cpu_gemm.batched_matmul` (OpenBLAS on a CPU; else XLA's)."""
+  logits = cpu_gemm.batched_matmul(q, k, trans_b=True,
+                                   preferred_element_type=jnp.float32)
+  p = jax.nn.softmax(logits, axis=-1)
+  y = cpu_gemm.batched_matmul(p.astype(v.dtype), v)
   return y, (q, k, v, p, y)
 
 
@@ -154,12 +161,13 @@ def _attention_core_bwd(res, dy):
   that reduction into the dy v^T matmul."""
   q, k, v, p, y = res
   f32 = jnp.float32
-  dv = jnp.einsum('bhqk,bhqd->bhkd', p.astype(v.dtype), dy)
-  dp = jnp.einsum('bhqd,bhkd->bhqk', dy, v, preferred_element_type=f32)
+  bmm = cpu_gemm.batched_matmul
+  dv = bmm(p.astype(v.dtype), dy, trans_a=True)
+  dp = bmm(dy, v, trans_b=True, preferred_element_type=f32)
   delta = jnp.sum(dy.astype(f32) * y.astype(f32), axis=-1, keepdims=True)
   ds = (p * (dp - delta)).astype(q.dtype)
-  dq = jnp.einsum('bhqk,bhkd->bhqd', ds, k)
-  dk = jnp.einsum('bhqk,bhqd->bhkd', ds, q)
+  dq = bmm(ds, k)
+  dk = bmm(ds, q, trans_a=True)
   return dq, dk, dv
 
 
@@ -203,6 +211,7 @@ class Attention(nn.Module):
     dense = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, d // self.num_heads),
         dtype=self.dtype, param_dtype=self.param_dtype,
+        dot_general=cpu_gemm.dot_general,
         kernel_init=nn.initializers.xavier_uniform())
     q = dense(name='query')(x_q)  # [B, Nq, h, d/h]
     k = dense(name='key')(x_kv)   # [B, Nk, h, d/h]
@@ -220,7 +229,7 @@ class Attention(nn.Module):
       _record(self, 'attention', w)
     return nn.DenseGeneral(
         features=d, axis=(-2, -1), dtype=self.dtype,
-        param_dtype=self.param_dtype,
+        param_dtype=self.param_dtype, dot_general=cpu_gemm.dot_general,
         kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
 
 

@@ -1,0 +1,203 @@
+"""The OpenBLAS matmul kernel against numpy and XLA's products: values,
+gradients, the dense-layer dispatch, and whole models with it on and off.
+
+The test process has 8 host devices, where `auto` leaves the kernel off (see
+`cpu_gemm.active`); these tests force it on with `cpu_gemm.use(True)`. A
+machine without a C++ compiler fails here (the kernel is part of the CPU
+fast path); the products still work there, through XLA.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.kernels import cpu_gemm
+from vit_jax.models import flops
+from vit_jax.models import mixer
+from vit_jax.models import vit
+
+
+def _op(x, trans):
+  return np.swapaxes(x, -1, -2) if trans else x
+
+
+def _has_kernel_call(fn, *args) -> bool:
+  return cpu_gemm.TARGET in str(jax.make_jaxpr(fn)(*args))
+
+
+def test_kernel_builds_and_registers():
+  assert cpu_gemm._registered(), 'see the warning: the kernel did not build'
+  with cpu_gemm.use(True):
+    assert cpu_gemm.active()
+  with cpu_gemm.use(False):
+    assert not cpu_gemm.active()
+
+
+@pytest.mark.parametrize('a_shape,b_shape', [
+    ((5, 7), (7, 3)),
+    ((1, 1), (1, 1)),
+    ((300, 70), (70, 90)),        # split into row blocks over the threads
+    ((2, 3, 40, 33), (33, 17)),   # batch of a, shared b
+    ((2, 3, 40, 33), (2, 3, 33, 17)),  # batched b
+    ((4, 197, 64), (4, 64, 197)),
+])
+@pytest.mark.parametrize('trans_a', [False, True])
+@pytest.mark.parametrize('trans_b', [False, True])
+def test_gemm_equals_numpy(a_shape, b_shape, trans_a, trans_b):
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal(a_shape, dtype=np.float32)
+  b = rng.standard_normal(b_shape, dtype=np.float32)
+  a_in, b_in = _op(a, trans_a).copy(), _op(b, trans_b).copy()
+  got = jax.jit(functools.partial(cpu_gemm.gemm, trans_a=trans_a,
+                                  trans_b=trans_b))(a_in, b_in)
+  want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_shape_errors_name_both_shapes():
+  a, b = jnp.ones((2, 4, 5)), jnp.ones((3, 5, 6))  # batch 2 vs 3
+  with pytest.raises(Exception, match=r'batch of b.*\[2, 4, 5\].*\[3, 5, 6\]'):
+    jax.jit(cpu_gemm.gemm)(a, b).block_until_ready()
+
+
+@pytest.mark.parametrize('a_shape,b_shape', [
+    ((37, 20), (20, 11)),
+    ((3, 37, 20), (20, 11)),
+    ((3, 37, 20), (3, 20, 11)),
+])
+def test_matmul_gradients_equal_autodiff(a_shape, b_shape):
+  ka, kb, kg = jax.random.split(jax.random.key(0), 3)
+  a, b = jax.random.normal(ka, a_shape), jax.random.normal(kb, b_shape)
+  w = jax.random.normal(kg, a_shape[:-1] + b_shape[-1:])
+  loss = lambda mm: lambda a, b: jnp.sum(w * mm(a, b) ** 2)
+  got = jax.jit(jax.value_and_grad(loss(cpu_gemm.matmul), (0, 1)))(a, b)
+  want = jax.value_and_grad(loss(jnp.matmul), (0, 1))(a, b)
+  for g, x in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, x, rtol=2e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize('trans_a,trans_b', [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_batched_matmul_on_and_off_equal_einsum(trans_a, trans_b):
+  ka, kb = jax.random.split(jax.random.key(1))
+  a = jax.random.normal(ka, (2, 3, 19, 8))
+  b = jax.random.normal(kb, (2, 3, 8, 23))
+  want = jnp.einsum('bhij,bhjk->bhik', a, b)
+  a_in = jnp.swapaxes(a, -1, -2) if trans_a else a
+  b_in = jnp.swapaxes(b, -1, -2) if trans_b else b
+  for on in (True, False):
+    with cpu_gemm.use(on):
+      fn = lambda x, y: cpu_gemm.batched_matmul(x, y, trans_a, trans_b)
+      assert _has_kernel_call(fn, a_in, b_in) == on
+      np.testing.assert_allclose(jax.jit(fn)(a_in, b_in), want,
+                                 rtol=1e-5, atol=1e-5)
+
+
+def test_dot_general_takes_the_kernel_only_where_it_applies():
+  x = jnp.ones((4, 6, 8))
+  with cpu_gemm.use(True):
+    plain = lambda x, w: cpu_gemm.dot_general(x, w, (((2,), (0,)), ((), ())))
+    assert _has_kernel_call(plain, x, jnp.ones((8, 5)))
+    heads_in = lambda y, w: cpu_gemm.dot_general(  # DenseGeneral(axis=(-2,-1))
+        y, w, (((1, 2), (0, 1)), ((), ())))
+    assert _has_kernel_call(heads_in, x, jnp.ones((6, 8, 5)))
+    # Not covered: bf16, batch dims, contraction not trailing / leading.
+    assert not _has_kernel_call(plain, x.astype(jnp.bfloat16),
+                                jnp.ones((8, 5), jnp.bfloat16))
+    batched = lambda x, w: cpu_gemm.dot_general(x, w, (((2,), (1,)),
+                                                       ((0,), (0,))))
+    assert not _has_kernel_call(batched, x, jnp.ones((4, 8, 5)))
+    leading = lambda x, w: cpu_gemm.dot_general(x, w, (((0,), (0,)), ((), ())))
+    assert not _has_kernel_call(leading, x, jnp.ones((4, 5)))
+    np.testing.assert_allclose(
+        jax.jit(heads_in)(x, jnp.arange(240.).reshape(6, 8, 5)),
+        jax.lax.dot_general(x, jnp.arange(240.).reshape(6, 8, 5),
+                            (((1, 2), (0, 1)), ((), ()))), rtol=1e-6)
+
+
+def _model_cases():
+  vit_kw = dict(num_classes=10, patch_size=(8, 8), hidden_size=48,
+                num_layers=2, num_heads=3, mlp_dim=96, classifier='token')
+  return {
+      'vit': (vit.VisionTransformer(**vit_kw), 32),
+      'vit_gap': (vit.VisionTransformer(**{**vit_kw, 'classifier': 'gap'}),
+                  32),
+      'hybrid': (vit.VisionTransformer(
+          **{**vit_kw, 'patch_size': (1, 1), 'resnet_layers': (1,),
+             'resnet_width': 1}), 32),
+      'representation': (vit.VisionTransformer(
+          **{**vit_kw, 'representation_size': 16, 'classifier': 'map'}), 32),
+      'mixer': (mixer.MlpMixer(num_classes=10, patch_size=(8, 8),
+                               num_blocks=2,
+                               hidden_dim=32, tokens_mlp_dim=24,
+                               channels_mlp_dim=64), 32),
+  }
+
+
+@pytest.mark.parametrize('name', list(_model_cases()))
+def test_models_same_function_and_gradients_with_the_kernel(name):
+  model, size = _model_cases()[name]
+  x = jax.random.normal(jax.random.key(0), (3, size, size, 3))
+  params = model.init(jax.random.key(1), x, train=False)['params']
+  labels = jnp.arange(3) % 10
+
+  def loss(params):
+    logits = model.apply({'params': params}, x, train=False)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels]), logits
+
+  results = {}
+  for on in (True, False):
+    with cpu_gemm.use(on):
+      fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+      assert _has_kernel_call(jax.value_and_grad(loss, has_aux=True),
+                              params) == on
+      results[on] = fn(params)
+  (l1, logits1), g1 = results[True]
+  (l0, logits0), g0 = results[False]
+  np.testing.assert_allclose(logits1, logits0, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5)
+
+
+def test_flops_count_the_kernel_products_too():
+  model, size = _model_cases()['hybrid']
+  counts = []
+  for on in (True, False):
+    with cpu_gemm.use(on):
+      counts.append(flops.forward_flops(model, (size, size), train=False))
+  assert counts[0] == counts[1] > 0
+
+
+def test_bad_mode_is_an_error(monkeypatch):
+  monkeypatch.setenv('VIT_JAX_CPU_GEMM', 'fast')
+  with pytest.raises(ValueError, match='auto, on or off'):
+    cpu_gemm.active()
+
+
+def test_auto_is_off_with_several_devices_on_with_one(monkeypatch):
+  monkeypatch.setenv('VIT_JAX_CPU_GEMM', 'auto')
+  assert jax.device_count() == 8
+  assert not cpu_gemm.active()
+  code = ('from vit_jax.kernels import cpu_gemm; import jax; '
+          'print(jax.device_count(), cpu_gemm.active())')
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['VIT_JAX_CPU_GEMM'] = 'auto'
+  out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                       capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(
+                           os.path.dirname(os.path.abspath(__file__)))))
+  assert out.stdout.split() == ['1', 'True']
+
+
+def test_a_failed_build_says_why(tmp_path, monkeypatch):
+  monkeypatch.setenv('CXX', '/bin/false')
+  with pytest.raises(RuntimeError, match='failed'):
+    cpu_gemm.build(cache_dir=str(tmp_path))
+  assert not list(tmp_path.iterdir())  # no half-written library left

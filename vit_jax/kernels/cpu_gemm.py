@@ -1,0 +1,223 @@
+"""fp32 matrix products on the CPU through OpenBLAS (an XLA FFI custom call).
+
+Why: XLA:CPU runs its matmuls through YNNPACK, which on the thin shapes of a
+ViT step ([3152, 192] x [192, 192], [3152, 384] x [384, 384], ...) reaches
+60-110 GFLOP/s on the 2-core dev machine where OpenBLAS reaches 165-185 (a
+2048^3 product: 184 vs 192). `docs/performance.md` has the table. The
+models' dense layers take `dot_general` from here (flax's `dot_general=`
+field), so on a single-device CPU every fp32 projection, MLP and patch
+embedding is one OpenBLAS `sgemm`; everywhere else (GPU, TPU, several
+devices, other dtypes, products this does not cover) it is `lax.dot_general`,
+unchanged. Gradients are sgemms too, with the transposes folded into BLAS's
+`trans` flags, so XLA materializes no transposed copies for the weight
+gradients. The parameters and the function are the same; results differ
+from XLA's product by float32 summation order only (tested against numpy).
+
+The kernel is `cpu_gemm.cc`, compiled on first use with the system C++
+compiler against jaxlib's FFI headers and the `scipy-openblas32` wheel
+(`requirements.txt`), and cached under `$VIT_JAX_CACHE_DIR` (default
+`~/.cache/vit_jax`), keyed by the source and the library versions (a 2 s
+build). If it cannot be built (no compiler, no wheel) a warning says why
+and XLA's products are used.
+
+`$VIT_JAX_CPU_GEMM`: `auto` (default: on when the backend is a CPU with one
+device; several devices may hold sharded operands, which an opaque custom
+call would have to gather), `on`, `off`. `use(...)` overrides it in-process.
+The choice is made while tracing: a function already jitted keeps the
+products it was traced with.
+"""
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+TARGET = 'vit_jax_cpu_gemm'
+_SOURCE = os.path.join(os.path.dirname(__file__), 'cpu_gemm.cc')
+_override: Optional[bool] = None
+
+
+@contextlib.contextmanager
+def use(enabled: Optional[bool]):
+  """Within the block, force the OpenBLAS products on/off (None: automatic)."""
+  global _override
+  saved, _override = _override, enabled
+  try:
+    yield
+  finally:
+    _override = saved
+
+
+def active() -> bool:
+  """Whether products traced now go through the OpenBLAS kernel."""
+  if _override is not None:
+    wanted = _override
+  else:
+    mode = os.environ.get('VIT_JAX_CPU_GEMM', 'auto').lower()
+    if mode not in ('auto', 'on', 'off'):
+      raise ValueError(f'$VIT_JAX_CPU_GEMM={mode!r}: expected auto, on or off')
+    wanted = mode == 'on' or (mode == 'auto' and jax.device_count() == 1)
+  return wanted and jax.default_backend() == 'cpu' and _registered()
+
+
+def _cache_dir() -> str:
+  return os.environ.get('VIT_JAX_CACHE_DIR',
+                        os.path.join(os.path.expanduser('~'), '.cache',
+                                     'vit_jax'))
+
+
+def build(cache_dir: Optional[str] = None) -> str:
+  """Compiles cpu_gemm.cc (if not cached) and returns the shared library."""
+  import scipy_openblas32  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which(
+      'c++') or shutil.which('clang++')
+  if not compiler:
+    raise RuntimeError('no C++ compiler (g++, c++ or clang++; or set $CXX)')
+  with open(_SOURCE, 'rb') as f:
+    source = f.read()
+  key = hashlib.sha256(source + jaxlib.__version__.encode() +
+                       scipy_openblas32.__version__.encode() +
+                       compiler.encode()).hexdigest()[:16]
+  cache_dir = cache_dir or _cache_dir()
+  lib = os.path.join(cache_dir, f'cpu_gemm_{key}.so')
+  if os.path.exists(lib):
+    return lib
+  os.makedirs(cache_dir, exist_ok=True)
+  blas_lib = scipy_openblas32.get_lib_dir()
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=cache_dir)
+  os.close(fd)
+  cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w',
+         '-I', jax.ffi.include_dir(), '-I', scipy_openblas32.get_include_dir(),
+         _SOURCE, '-o', tmp, '-L', blas_lib,
+         '-l' + scipy_openblas32.get_library(), f'-Wl,-rpath,{blas_lib}']
+  done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if done.returncode:
+    os.unlink(tmp)
+    raise RuntimeError(f'{" ".join(cmd)} failed:\n{done.stderr[-2000:]}')
+  os.replace(tmp, lib)  # atomic: concurrent builds leave one whole library
+  return lib
+
+
+@functools.cache
+def _registered() -> bool:
+  """Builds, loads and registers the kernel once; False (warned) if it can't."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    handler = ctypes.cdll.LoadLibrary(build()).VitJaxCpuGemm
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler),
+                                platform='cpu')
+    return True
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('vit_jax: OpenBLAS matmul kernel unavailable, using '
+                    "XLA's products (slower on CPU): %s", e)
+    print(f'vit_jax: OpenBLAS matmul kernel unavailable: {e}',
+          file=sys.stderr)
+    return False
+
+
+def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False,
+         trans_b: bool = False) -> jax.Array:
+  """op(a) @ op(b) by the kernel, float32, no gradient rule (see `matmul`).
+
+  a: [..., M, K] ([..., K, M] if trans_a); b: [K, N] ([N, K] if trans_b) or
+  with the same leading batch as a. Returns [..., M, N].
+  """
+  if not _registered():
+    raise RuntimeError('the OpenBLAS matmul kernel is unavailable (see the '
+                       'warning above)')
+  m = a.shape[-1] if trans_a else a.shape[-2]
+  n = b.shape[-2] if trans_b else b.shape[-1]
+  out = jax.ShapeDtypeStruct(a.shape[:-2] + (m, n), jnp.float32)
+  return jax.ffi.ffi_call(TARGET, out, vmap_method='sequential')(
+      a, b, trans_a=bool(trans_a), trans_b=bool(trans_b))
+
+
+@jax.custom_vjp
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [..., M, K] @ b ([K, N] or [..., K, N]) -> [..., M, N], differentiable."""
+  return gemm(a, b)
+
+
+def _matmul_fwd(a, b):
+  return gemm(a, b), (a, b)
+
+
+def _matmul_bwd(res, g):
+  a, b = res
+  da = gemm(g, b, trans_b=True)  # g [..., M, N] b^T [N, K]
+  if b.ndim == 2 and a.ndim > 2:  # shared b: one product over all rows
+    a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+    db = gemm(a2, g2, trans_a=True)
+  else:
+    db = gemm(a, g, trans_a=True)
+  return da, db
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def batched_matmul(a: jax.Array, b: jax.Array, trans_a: bool = False,
+                   trans_b: bool = False,
+                   preferred_element_type=None) -> jax.Array:
+  """op(a) @ op(b) over matching leading batch dims, e.g. attention's
+  [B, h, N, d] x [B, h, d, N] products; op transposes the last two dims.
+
+  Through the kernel where `active()` and both are float32, else
+  `lax.dot_general` (which folds the transposes into its dimension numbers).
+  No gradient rule of its own: for use inside hand-written backward passes.
+  """
+  if (a.dtype == jnp.float32 and b.dtype == jnp.float32
+      and a.ndim == b.ndim and 0 not in a.shape and 0 not in b.shape
+      and active()):
+    return gemm(a, b, trans_a, trans_b)
+  nd = a.ndim
+  batch = tuple(range(nd - 2))
+  contract = ((nd - 2 if trans_a else nd - 1,), (nd - 1 if trans_b else nd - 2,))
+  return lax.dot_general(a, b, (contract, (batch, batch)),
+                         preferred_element_type=preferred_element_type)
+
+
+def _is_plain_contraction(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
+                          dimension_numbers) -> bool:
+  """Trailing lhs dims contracted with leading rhs dims, in order, no batch."""
+  (lc, rc), (lb, rb) = dimension_numbers
+  lc = [d % len(lhs_shape) for d in lc]
+  rc = [d % len(rhs_shape) for d in rc]
+  nc = len(lc)
+  return (not lb and not rb and nc > 0
+          and lc == list(range(len(lhs_shape) - nc, len(lhs_shape)))
+          and rc == list(range(nc))
+          and len(rhs_shape) > nc and len(lhs_shape) > nc)
+
+
+def dot_general(lhs, rhs, dimension_numbers, precision=None,
+                preferred_element_type=None):
+  """`lax.dot_general`, through the OpenBLAS kernel where `active()`.
+
+  Covers what dense layers do (flax `Dense` / `DenseGeneral`): the trailing
+  dims of fp32 `lhs` contracted with the leading dims of fp32 `rhs`, no batch
+  dims; anything else falls through to `lax.dot_general`.
+  """
+  if (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+      and preferred_element_type in (None, jnp.float32)
+      and _is_plain_contraction(lhs.shape, rhs.shape, dimension_numbers)
+      and 0 not in lhs.shape and 0 not in rhs.shape and active()):
+    nc = len(dimension_numbers[0][0])
+    k = int(np.prod(rhs.shape[:nc]))
+    rows, cols = lhs.shape[:-nc], rhs.shape[nc:]
+    y = matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
+    return y.reshape(rows + cols)
+  return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                         preferred_element_type=preferred_element_type)
