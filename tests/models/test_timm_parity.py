@@ -13,6 +13,7 @@ import pytest
 
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax.kernels import cpu_gemm
 from vit_jax.models import flops
 
 torch = pytest.importorskip('torch')
@@ -43,7 +44,9 @@ def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2,
   timm_model.eval()
   x = np.random.RandomState(0).uniform(
       -1, 1, (batch, image_size, image_size, 3)).astype(np.float32)
-  ours = np.asarray(jax.jit(model.apply)({'params': params}, x))
+  # A fresh function each time: traced now, with the matmuls `cpu_gemm` picks.
+  ours = np.asarray(jax.jit(lambda p, x: model.apply(p, x))(
+      {'params': params}, x))
   with torch.no_grad():
     theirs = timm_model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
   assert ours.shape == theirs.shape
@@ -73,6 +76,22 @@ def test_logits_match_timm(tmp_path, name, timm_name, size, ours_kw, timm_kw):
   timm_model = timm.create_model(timm_name, pretrained=False,
                                  num_classes=1000, **timm_kw)
   compare_with_timm(tmp_path, model, timm_model, size)
+
+
+@pytest.mark.parametrize('name,timm_name', [
+    ('Ti/16', 'vit_tiny_patch16_224'), ('R26+S/32', 'vit_small_r26_s32_224')])
+def test_logits_match_timm_with_the_openblas_kernel(tmp_path, name,
+                                                    timm_name):
+  """The same parity with every fp32 product through `cpu_gemm` (this process
+  has 8 devices, where it is off unless forced)."""
+  model = models.get_model(name, num_classes=1000)
+  with cpu_gemm.use(True):
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert cpu_gemm.TARGET in str(jax.make_jaxpr(model.apply)(variables, x))
+    compare_with_timm(tmp_path, model,
+                      timm.create_model(timm_name, pretrained=False,
+                                        num_classes=1000), 224)
 
 
 def test_map_head_matches_timm(tmp_path):
