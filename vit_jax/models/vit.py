@@ -193,7 +193,9 @@ class Attention(nn.Module):
   attention on GPU (bf16/fp16); a single query (the last block's class token,
   see `EncoderBlock`) takes the XLA path. While intermediates are recorded or
   attention dropout is active, which need the weights, both use
-  `_head_major_attention`.
+  `_head_major_attention`. On a single-device CPU the projections and the
+  batched products of `_head_major_attention_output` are OpenBLAS calls
+  (`vit_jax.kernels.cpu_gemm`).
   """
   num_heads: int
   dropout_rate: float = 0.0
