@@ -196,6 +196,13 @@ def test_auto_is_off_with_several_devices_on_with_one(monkeypatch):
   assert out.stdout.split() == ['1', 'True']
 
 
+def test_builds_from_scratch_into_an_empty_cache(tmp_path):
+  lib = cpu_gemm.build(cache_dir=str(tmp_path))
+  assert os.path.dirname(lib) == str(tmp_path) and os.path.getsize(lib) > 0
+  assert cpu_gemm.build(cache_dir=str(tmp_path)) == lib  # cached: no rebuild
+  assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(lib)]
+
+
 def test_a_failed_build_says_why(tmp_path, monkeypatch):
   monkeypatch.setenv('CXX', '/bin/false')
   with pytest.raises(RuntimeError, match='failed'):
