@@ -71,6 +71,13 @@ def active() -> bool:
   return wanted and jax.default_backend() == 'cpu' and _registered()
 
 
+def applies(*operands: jax.Array) -> bool:
+  """Whether a product of these operands goes through the kernel: `active()`,
+  all float32, none empty."""
+  return (all(x.dtype == jnp.float32 and x.size for x in operands)
+          and active())
+
+
 def _cache_dir() -> str:
   return os.environ.get('VIT_JAX_CACHE_DIR',
                         os.path.join(os.path.expanduser('~'), '.cache',
@@ -178,9 +185,7 @@ def batched_matmul(a: jax.Array, b: jax.Array, trans_a: bool = False,
   `lax.dot_general` (which folds the transposes into its dimension numbers).
   No gradient rule of its own: for use inside hand-written backward passes.
   """
-  if (a.dtype == jnp.float32 and b.dtype == jnp.float32
-      and a.ndim == b.ndim and 0 not in a.shape and 0 not in b.shape
-      and active()):
+  if a.ndim == b.ndim and applies(a, b):
     return gemm(a, b, trans_a, trans_b)
   nd = a.ndim
   batch = tuple(range(nd - 2))
@@ -210,10 +215,9 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
   dims of fp32 `lhs` contracted with the leading dims of fp32 `rhs`, no batch
   dims; anything else falls through to `lax.dot_general`.
   """
-  if (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-      and preferred_element_type in (None, jnp.float32)
+  if (preferred_element_type in (None, jnp.float32)
       and _is_plain_contraction(lhs.shape, rhs.shape, dimension_numbers)
-      and 0 not in lhs.shape and 0 not in rhs.shape and active()):
+      and applies(lhs, rhs)):
     nc = len(dimension_numbers[0][0])
     k = int(np.prod(rhs.shape[:nc]))
     rows, cols = lhs.shape[:-nc], rhs.shape[nc:]

@@ -130,7 +130,7 @@ class StdConv(nn.Conv):
                                               dtype=self.dtype)
     cols = im2col(x, (kh, kw), strides, self.padding)
     kernel = kernel.reshape(-1, self.features)
-    if cpu_gemm.active() and cols.dtype == kernel.dtype == jnp.float32:
+    if cpu_gemm.applies(cols, kernel):
       y = cpu_gemm.matmul(cols.reshape(-1, cols.shape[-1]), kernel)
       y = y.reshape(cols.shape[:-1] + (self.features,))
     elif jax.default_backend() == 'cpu':
