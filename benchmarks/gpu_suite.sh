@@ -1,7 +1,9 @@
 #!/bin/bash
 # The GPU measurements of docs/performance.md, in one call (about 9 minutes).
 #   OUT=/tmp/gpu_logs bash benchmarks/gpu_suite.sh [part]
-# part (comma-separated): peak | check | b16 | timm | timm_eager | scaling | all (default); logs: $OUT/*.log.
+# part (comma-separated): peak | check | profile | flags | b16 | timm |
+#   timm_eager | scaling | all (default); logs: $OUT/*.log.
+# BENCH_ARGS: extra flags for the profile and flags parts.
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu_logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
@@ -10,7 +12,7 @@ part=${1:-all}  # comma-separated list of parts
 want() { [[ $part == all || ,$part, == *,$1,* ]]; }
 run() {  # run NAME SECONDS CMD...: one step, logged, bounded in time
   local name=$1 secs=$2; shift 2
-  echo "=== $name: $*" | tee -a "$OUT/$name.log"
+  echo "=== $name: ${XLA_FLAGS:+XLA_FLAGS=\"$XLA_FLAGS\" }$*" | tee -a "$OUT/$name.log"
   timeout "$secs" "$@" 2>&1 | grep -v -e '^WARNING' -e 'W0000' \
     | tee -a "$OUT/$name.log"
 }
@@ -19,6 +21,33 @@ if want peak; then
     --format=csv | tee "$OUT/env.log"
   $PY -c 'import jax, flax, torch, timm; print(jax.__version__, flax.__version__, torch.__version__, timm.__version__, jax.devices())' | tee -a "$OUT/env.log"
   run peak 60 $PY benchmarks/matmul_peak.py --n=8192 --dtype=bfloat16 --steps=10
+fi
+B16_TRAIN=(--model=B/16 --resolution=224 --dtype=bfloat16 --mode=train
+           --attention_impl=cudnn ${BENCH_ARGS:-})
+if want profile; then  # per-kernel times of one B/16 training step
+  run profile 200 $PY benchmarks/profile_step.py "${B16_TRAIN[@]}" \
+    --batch=256 --top=60 --trace_dir=/tmp/vit_jax_profile
+  t=$(ls -t /tmp/vit_jax_profile/*/ -d | head -1)
+  cp "$(find "$t" -name '*.trace.json.gz' | head -1)" "$OUT/b16_trace.json.gz"
+  gzip -c "$t/optimized_hlo.txt" > "$OUT/b16_hlo.txt.gz"
+fi
+if want flags; then  # the B/16 training step under XLA:GPU flag variants
+  # 'default' runs under the caller's XLA_FLAGS; XLA aborts on a blank XLA_FLAGS.
+  for flags in default --xla_gpu_enable_triton_gemm=false \
+      --xla_gpu_enable_cublaslt=true \
+      --xla_gpu_enable_latency_hiding_scheduler=true; do
+    [[ $flags == default ]] && flags=
+    all_flags=$(echo "${XLA_FLAGS:-} $flags" | xargs)
+    if [[ -n $all_flags ]]; then
+      XLA_FLAGS=$all_flags run flags 120 $PY -m vit_jax.bench \
+        "${B16_TRAIN[@]}" --batch=256 --steps=10 --warmup=3
+    else
+      (unset XLA_FLAGS; run flags 120 $PY -m vit_jax.bench \
+        "${B16_TRAIN[@]}" --batch=256 --steps=10 --warmup=3)
+    fi
+  done
+  run flags 150 $PY -m vit_jax.bench "${B16_TRAIN[@]}" --batch=512 \
+    --steps=6 --warmup=2
 fi
 if want check; then
   run check 200 $PY benchmarks/attention_check.py --batch=64 || {

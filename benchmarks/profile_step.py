@@ -15,7 +15,9 @@ matmuls, the operand shapes and contracting dimensions, with achieved
 GFLOP/s. Durations of ops that XLA runs concurrently overlap, so the column
 can sum to more than the step's wall time (printed first).
 
-The trace is kept under `--trace_dir` for TensorBoard / Perfetto.
+The trace is kept under `--trace_dir` for TensorBoard / Perfetto, with the
+optimized HLO (`optimized_hlo.txt`). On a GPU the rows are the kernels of the
+device's streams (library kernels, e.g. cuBLAS or cuDNN, by kernel name).
 """
 
 import argparse
@@ -118,18 +120,51 @@ def describe(name: str, comps: dict, insts: dict) -> tuple[str, int]:
   return key, flops
 
 
+def _device_streams(events: list) -> Optional[set]:
+  """(pid, tid) of the GPU's kernel streams in a trace, or None (a CPU trace:
+  ops run on host threads). On a GPU the host threads also carry events named
+  after the ops they launch, and derived lines ('XLA Ops') repeat the kernels:
+  only the device's 'Stream' lines count."""
+  gpu_pids = {e['pid'] for e in events
+              if e.get('ph') == 'M' and e.get('name') == 'process_name'
+              and 'GPU' in str(e.get('args', {}).get('name', ''))}
+  if not gpu_pids:
+    return None
+  return {(e['pid'], e['tid']) for e in events
+          if e.get('ph') == 'M' and e.get('name') == 'thread_name'
+          and e['pid'] in gpu_pids
+          and str(e.get('args', {}).get('name', '')).startswith('Stream')}
+
+
 def op_table(trace_file: str, hlo_text: str) -> list[tuple]:
-  """Rows (total_ms, count, kind, gflops_per_s) from a Perfetto trace."""
+  """Rows (total_ms, count, kind, gflops_per_s) from a Perfetto trace.
+
+  On a GPU an op is a kernel on one of the device's streams, named after its
+  HLO instruction by the trace's `hlo_op` argument; kernels with no such
+  instruction (e.g. inside a library call) are rows of their own kernel name.
+  """
   with gzip.open(trace_file) as f:
     events = json.load(f)
   events = events['traceEvents'] if isinstance(events, dict) else events
   comps, insts = parse_hlo(hlo_text)
+  streams = _device_streams(events)
   total, count, flops = (collections.Counter(), collections.Counter(),
                          collections.Counter())
   for e in events:
-    if e.get('ph') != 'X' or e.get('name') not in insts:
+    if e.get('ph') != 'X':
       continue
-    key, f = describe(e['name'], comps, insts)
+    if streams is not None:
+      if (e.get('pid'), e.get('tid')) not in streams:
+        continue
+      name = str(e.get('args', {}).get('hlo_op', e.get('name')))
+      if name in insts:
+        key, f = describe(name, comps, insts)
+      else:
+        key, f = f'kernel {str(e.get("name"))[:100]}', 0
+    elif e.get('name') in insts:
+      key, f = describe(e['name'], comps, insts)
+    else:
+      continue
     total[key] += e.get('dur', 0)
     count[key] += 1
     flops[key] += f
@@ -181,11 +216,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f'error: no Perfetto trace written under {run_dir}',
           file=sys.stderr)
     return 1
-  rows = op_table(traces[0], compiled.as_text())
+  hlo = compiled.as_text()
+  with open(os.path.join(run_dir, 'optimized_hlo.txt'), 'w') as f:
+    f.write(hlo)
+  rows = op_table(traces[0], hlo)
   print(f'{args.model} {args.resolution}px batch {args.batch} {args.dtype} '
         f'{args.mode} in {parts} micro-batches on {bench.device_name()}: '
         f'step {wall * 1e3:.1f} ms '
-        f'(profiled); {len(rows)} kinds of op; trace in {run_dir}')
+        f'(profiled); {len(rows)} kinds of op, {sum(r[0] for r in rows):.1f} '
+        f'ms in all; trace and optimized HLO in {run_dir}')
   print('      ms  count  GFLOP/s  output <- fused ops | matmul operands')
   for ms, n, key, rate in rows[:args.top]:
     r = f'{rate:8.1f}' if rate else '       -'
