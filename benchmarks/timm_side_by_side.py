@@ -12,6 +12,16 @@ then one timm step (the order flips every round), each on the same images
 [B, H, W, 3] (NCHW copy for torch) and labels. Printed per case: median img/s
 of each and the ratio ours / timm (> 1 means we are faster).
 
+On CPU timm runs in a child process (`--timm_process=separate`, the default
+there), driven step by step from here, so the two frameworks alternate but do
+not share a malloc heap: in one process, torch's tensors land in the memory
+XLA freed after its step, XLA's next step-sized buffer no longer fits, and
+the heap grows by ~1 GB with ~300 k page faults (several seconds of system
+time on a VM) in whichever step comes next, at random. The child inherits
+the environment, including the allocator tunables of `vit_jax.host_malloc`
+(which spare torch its page faults too). On GPU both stay in this process
+(`same`): JAX preallocates most of the GPU memory for itself.
+
 Inference: forward in eval mode, no grad. Training: one AdamW step on softmax
 cross-entropy (forward, backward, update), both frameworks. fp32 on CPU uses
 `--threads` threads in torch (default: all cores, as XLA:CPU does); bf16 runs
@@ -27,6 +37,7 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -144,31 +155,105 @@ def _timed(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - t0
 
 
-def run_case(case: Case, mode: str, args) -> dict:
-  """Times one case/mode, alternating; returns a row of raw numbers."""
-  res = args.resolution or case.resolution
+def _inputs(batch: int, res: int) -> tuple[np.ndarray, np.ndarray]:
+  """The images [B, res, res, 3] in [-1, 1] and labels [B] of every case
+  (seeded: the timm child process draws the same)."""
   rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (args.batch, res, res, 3)).astype(np.float32)
-  labels = rng.integers(0, 1000, (args.batch,)).astype(np.int32)
+  images = rng.uniform(-1, 1, (batch, res, res, 3)).astype(np.float32)
+  labels = rng.integers(0, 1000, (batch,)).astype(np.int32)
+  return images, labels
+
+
+class TimmProcess:
+  """timm's steps in a child process (`--_timm_worker`), one per call.
+
+  Protocol: JSON lines on the child's stdin / a duplicate of its stdout (its
+  own prints go to stderr): {"case", "mode", "dtype", "resolution", "batch",
+  "device", "compile"} builds a step and answers {"ready": true}; {"step":
+  true} runs one and answers {"seconds": s}.
+  """
+
+  def __init__(self, threads: int):
+    self._proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--_timm_worker',
+         f'--threads={threads}'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def _ask(self, request: dict) -> dict:
+    self._proc.stdin.write(json.dumps(request) + '\n')
+    self._proc.stdin.flush()
+    line = self._proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'the timm process died (exit {self._proc.wait()}; '
+                         'its stderr is above)')
+    return json.loads(line)
+
+  def build(self, case: Case, mode: str, args, res: int) -> Callable[[], float]:
+    """Builds timm's step for this case in the child; returns a callable
+    that runs one step there and returns its seconds."""
+    self._ask(dict(case=case.name, mode=mode, dtype=args.dtype,
+                   resolution=res, batch=args.batch,
+                   device=args.torch_device, compile=args.torch_compile))
+    return lambda: self._ask({'step': True})['seconds']
+
+  def close(self):
+    self._proc.stdin.close()
+    self._proc.wait()
+
+
+def _timm_worker(threads: int) -> int:
+  """The child of `TimmProcess`: builds and times timm steps on request."""
+  answers = os.fdopen(os.dup(1), 'w')
+  os.dup2(2, 1)  # anything printed goes to stderr, not into the protocol
+  torch.set_num_threads(threads)
+  step = None
+  for line in sys.stdin:
+    request = json.loads(line)
+    if 'step' in request:
+      t0 = time.perf_counter()
+      step()
+      answer = {'seconds': time.perf_counter() - t0}
+    else:
+      images, labels = _inputs(request['batch'], request['resolution'])
+      step = torch_step(CASES[request['case']], request['mode'],
+                        request['dtype'], request['resolution'], images,
+                        labels, request['device'], request['compile'])
+      answer = {'ready': True}
+    answers.write(json.dumps(answer) + '\n')
+    answers.flush()
+  return 0
+
+
+def run_case(case: Case, mode: str, args, timm_process=None) -> dict:
+  """Times one case/mode, alternating; returns a row of raw numbers.
+
+  timm's step runs in `timm_process` (a `TimmProcess`) if given, else here.
+  """
+  res = args.resolution or case.resolution
+  images, labels = _inputs(args.batch, res)
   ours, parts = jax_step(case, mode, args.dtype, res, images, labels,
                          args.remat, args.attention_impl,
                          args.parallel_microbatches)
-  theirs = None
-  if timm is not None and not args.no_timm:
+  ours_timed = lambda: _timed(ours)  # each: run one step, return seconds
+  theirs_timed = None
+  if timm_process is not None:
+    theirs_timed = timm_process.build(case, mode, args, res)
+  elif timm is not None and not args.no_timm:
     theirs = torch_step(case, mode, args.dtype, res, images, labels,
                         args.torch_device, args.torch_compile)
+    theirs_timed = lambda: _timed(theirs)
   for _ in range(args.warmup):
-    _timed(ours)
-    if theirs:
-      _timed(theirs)
+    ours_timed()
+    if theirs_timed:
+      theirs_timed()
   t_ours, t_timm = [], []
   for r in range(args.rounds):
-    order = [(ours, t_ours), (theirs, t_timm)]
+    order = [(ours_timed, t_ours), (theirs_timed, t_timm)]
     if r % 2:
       order.reverse()
-    for fn, acc in order:
-      if fn is not None:
-        acc.append(_timed(fn))
+    for timed, acc in order:
+      if timed is not None:
+        acc.append(timed())
   ips_ours = args.batch / statistics.median(t_ours)
   ips_timm = args.batch / statistics.median(t_timm) if t_timm else None
   return dict(case=case.name, ours=case.ours, timm=case.timm_name,
@@ -177,6 +262,8 @@ def run_case(case: Case, mode: str, args) -> dict:
               ours_img_s=ips_ours, timm_img_s=ips_timm,
               ratio=ips_ours / ips_timm if ips_timm else None,
               ours_step_s=t_ours, timm_step_s=t_timm,
+              timm_process=('separate' if timm_process else
+                            'same' if theirs_timed else None),
               load_avg=os.getloadavg()[0])
 
 
@@ -201,6 +288,11 @@ def parse_args(argv):
                  help='our step\'s independent micro-batches (0: automatic, '
                  'see vit_jax.microbatch)')
   p.add_argument('--no_timm', action='store_true')
+  p.add_argument('--timm_process', default='auto',
+                 choices=['auto', 'separate', 'same'],
+                 help='timm in a child process (separate) or in this one '
+                 '(same); auto: separate on CPU, same on GPU')
+  p.add_argument('--_timm_worker', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--json', default=None, help='append rows here')
   args = p.parse_args(argv)
   for c in args.cases.split(','):
@@ -209,26 +301,45 @@ def parse_args(argv):
   for m in args.modes.split(','):
     if m not in bench.MODES:
       p.error(f'--modes: unknown mode {m!r}; allowed: infer, train')
+  if args._timm_worker:  # pylint: disable=protected-access
+    return args
   if args.torch_device is None:
     args.torch_device = ('cuda' if jax.devices()[0].platform == 'gpu'
                          else 'cpu')
+  if args.timm_process == 'auto':
+    args.timm_process = 'separate' if args.torch_device == 'cpu' else 'same'
   return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args._timm_worker:  # pylint: disable=protected-access
+    return _timm_worker(args.threads)
+  child = None
   if timm is None:
     print('SKIP timm: timm/torch not installed; timing our side only')
   else:
     torch.set_num_threads(args.threads)
+    if args.timm_process == 'separate' and not args.no_timm:
+      child = TimmProcess(args.threads)
   print(f'jax {jax.__version__} on {bench.device_name()}; '
         + (f'torch {torch.__version__} on {args.torch_device} '
-           f'({torch.get_num_threads()} threads), timm {timm.__version__}'
+           f'({torch.get_num_threads()} threads, '
+           f'{args.timm_process} process), timm {timm.__version__}'
            if timm else 'no timm'))
+  try:
+    return _run_all(args, child)
+  finally:
+    if child:
+      child.close()
+
+
+def _run_all(args, child: Optional[TimmProcess]) -> int:
+  """Runs and prints every case / mode; timm's steps in `child` if given."""
   rows = []
   for c in args.cases.split(','):
     for m in args.modes.split(','):
-      row = run_case(CASES[c], m, args)
+      row = run_case(CASES[c], m, args, child)
       rows.append(row)
       timm_s = (f'{row["timm_img_s"]:8.2f}' if row['timm_img_s']
                 else '     n/a')

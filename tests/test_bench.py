@@ -87,16 +87,22 @@ def test_cudnn_padding_is_exact(monkeypatch):
   np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_side_by_side_tiny(tmp_path, capsys):
+@pytest.mark.parametrize('timm_process', ['auto', 'same'])
+def test_side_by_side_tiny(tmp_path, capsys, timm_process):
   mod = _script('timm_side_by_side')
   out = tmp_path / 'rows.jsonl'
   assert mod.main(['--cases=tiny', '--modes=infer,train', '--batch=2',
-                   '--rounds=1', '--warmup=0', f'--json={out}']) == 0
+                   '--rounds=2', '--warmup=0', f'--json={out}',
+                   f'--timm_process={timm_process}']) == 0
   rows = [json.loads(l) for l in out.read_text().splitlines()]
   assert [r['mode'] for r in rows] == ['infer', 'train']
   for r in rows:
-    assert r['ours_img_s'] > 0
+    assert r['ours_img_s'] > 0 and len(r['ours_step_s']) == 2
     if mod.timm is not None:
+      # On CPU, auto runs timm in a child process.
+      assert r['timm_process'] == ('same' if timm_process == 'same'
+                                   else 'separate')
+      assert len(r['timm_step_s']) == 2 and min(r['timm_step_s']) > 0
       assert r['ratio'] == pytest.approx(r['ours_img_s'] / r['timm_img_s'])
   assert 'ratio' in capsys.readouterr().out
 

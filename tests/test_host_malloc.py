@@ -131,3 +131,48 @@ def test_tunables_stop_the_per_step_page_faults():
   assert all(f > pages // 2 for f in default), default
   # Tuned: the first step faults it in, later steps reuse it.
   assert tuned[0] > pages // 2 and max(tuned[1:]) < pages // 100, tuned
+
+
+_RACE = textwrap.dedent("""
+    import ctypes, resource, sys
+    sys.path.insert(0, {repo!r})
+    from vit_jax import host_malloc
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    n = 128 << 20
+    reserved = host_malloc.reserve(2 * n) if sys.argv[1] == 'yes' else False
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    # A step's buffer allocated while the last one is still held.
+    last, this = libc.malloc(n), libc.malloc(n)
+    ctypes.memset(last, 1, n)
+    ctypes.memset(this, 1, n)
+    print(reserved, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+    """)
+
+
+@pytest.mark.skipif(not (sys.platform.startswith('linux')
+                         and host_malloc._glibc_has_tunables()),  # pylint: disable=protected-access
+                    reason='needs Linux with glibc >= 2.26')
+def test_reserve_takes_the_page_faults_up_front():
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  env['GLIBC_TUNABLES'] = ':'.join(host_malloc.TUNABLES[:-1])  # 4 KiB pages
+
+  def run(reserve):
+    out = subprocess.run(
+        [sys.executable, '-c', _RACE.format(repo=REPO), reserve], env=env,
+        capture_output=True, text=True, check=True, timeout=120).stdout.split()
+    return out[0] == 'True', int(out[1])
+  pages = 2 * (128 << 20) // 4096
+  reserved, faults = run('no')
+  assert not reserved and faults > pages // 2, faults
+  reserved, faults = run('yes')
+  assert reserved and faults < pages // 100, faults
+
+
+def test_reserve_needs_the_tunables_and_the_memory(monkeypatch):
+  monkeypatch.setenv('GLIBC_TUNABLES', '')
+  assert not host_malloc.reserve(1 << 20)
+  monkeypatch.setenv('GLIBC_TUNABLES', ':'.join(host_malloc.TUNABLES))
+  assert not host_malloc.reserve(1 << 60)  # more than the machine has
+  assert not host_malloc.reserve(0)

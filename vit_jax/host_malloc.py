@@ -31,6 +31,14 @@ memory instead:
 The process's resident memory then stays at its peak (the peak of a step,
 which it reaches every step anyway). Numerics do not change.
 
+One race remains: XLA frees a step's buffer on a callback that can run just
+after the step's outputs are ready, so now and then the next step allocates
+its buffer while the last one is still held, and the heap grows by a whole
+step buffer (1.4 GB for Ti/16 training) at that moment: ~350 k page faults,
+3-4 s of system time on the 2-core VM of docs/performance.md, in one random
+step. `reserve(nbytes)` makes that growth happen up front: the benchmarks
+call it with twice an executable's temporary size after compiling.
+
 Tunables are read when a process starts, so `maybe_reexec()` re-executes the
 interpreter once, with the same command line and the tunables added to
 `GLIBC_TUNABLES` (a tunable the user already set keeps the user's value). It
@@ -44,6 +52,7 @@ there the step runs on the accelerator, and one arena would serialize the
 many threads of the input pipeline.
 """
 
+import ctypes
 import os
 import platform
 import sys
@@ -129,3 +138,41 @@ def maybe_reexec() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, list(sys.orig_argv), env)
+
+
+def active() -> bool:
+  """Whether this process runs under the tunables (heap only, never trimmed)."""
+  return 'glibc.malloc.mmap_max=0' in os.environ.get('GLIBC_TUNABLES', '')
+
+
+def _available_bytes(path: str = '/proc/meminfo') -> int:
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return 0
+
+
+def reserve(nbytes: int, max_fraction: float = 0.5) -> bool:
+  """Grows the heap to hold `nbytes` more, touched, then frees it (kept).
+
+  Under the tunables freed heap memory stays mapped, so later allocations up
+  to that size take no page faults. Does nothing (returns False) without the
+  tunables or when `nbytes` exceeds `max_fraction` of the available memory.
+  """
+  if nbytes <= 0 or not active() or (
+      nbytes > max_fraction * _available_bytes()):
+    return False
+  libc = ctypes.CDLL(None)
+  libc.malloc.restype = ctypes.c_void_p
+  libc.malloc.argtypes = [ctypes.c_size_t]
+  libc.free.argtypes = [ctypes.c_void_p]
+  block = libc.malloc(nbytes)
+  if not block:
+    return False
+  ctypes.memset(block, 0, nbytes)
+  libc.free(block)
+  return True
