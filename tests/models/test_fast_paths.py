@@ -157,3 +157,31 @@ def test_std_conv_keeps_native_convolutions_off_cpu(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert not resnet.StdConv(8, (3, 3))._as_matmul()  # pylint: disable=protected-access
   assert resnet.StdConv(8, (1, 1), (2, 2))._as_matmul()  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('shape', [(3, 3, 16, 8), (1, 1, 64, 32),
+                                   (7, 7, 3, 16)])
+def test_weight_standardization_gradient_is_the_autodiff_one(shape):
+  """StdConv's hand-written weight-standardization backward equals autodiff
+  of (w - mean) / (std + eps) (float64), and stays finite on a constant
+  output column, where autodiff's is NaN."""
+  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
+  def reference(w):
+    w = w - jnp.mean(w, axis=(0, 1, 2))
+    return w / (jnp.std(w, axis=(0, 1, 2)) + 1e-5)
+  ours = lambda w: resnet.weight_standardize(w, axis=[0, 1, 2], eps=1e-5)
+  with jax.enable_x64():
+    w = jax.random.normal(jax.random.key(0), shape, jnp.float64) * 0.3 + 0.1
+    g = jax.random.normal(jax.random.key(1), shape, jnp.float64)
+    (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, w), jax.vjp(reference, w)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=0, atol=1e-12)
+    assert float(jnp.abs(vjp(g)[0]).max()) > 1e-3
+    flat = w.at[..., 0].set(0.5)  # column 0 constant
+    grad = jax.vjp(ours, flat)[1](g)[0]
+    grad_ref = jax.vjp(reference, flat)[1](g)[0]
+    assert bool(jnp.isnan(grad_ref[..., 0]).any())
+    assert bool(jnp.isfinite(grad).all())
+    np.testing.assert_allclose(grad[..., 1:], grad_ref[..., 1:], rtol=0,
+                               atol=1e-9)
