@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,6 +78,10 @@ CASES = {
     'mixer_b16': Case('mixer_b16', 'Mixer-B_16', 'mixer_b16_224', 224),
 }
 DEFAULT_CASES = 'ti16,s16,b16,b16_384,r26_s32,mixer_b16'
+# Page faults in one timed step above which the printed row says so: a step
+# that grows the heap (seconds of system time on a VM) takes ~1e3 (2 MiB
+# pages) to ~3e5 (4 KiB pages); a steady one ~0.
+FAULTS_NOTED = 100
 
 
 def _timm_model(case: Case, resolution: int):
@@ -149,10 +154,20 @@ def torch_step(case: Case, mode: str, dtype: str, resolution: int,
   return call
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-  t0 = time.perf_counter()
+def _faults() -> int:
+  """Minor page faults of this process so far (a step that grows the heap
+  takes ~350 k on 4 KiB pages; steady steps ~0: `vit_jax.host_malloc`)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed(fn: Callable[[], Any], faults: Optional[list] = None) -> float:
+  """Seconds of one call of `fn`; appends its page faults to `faults`."""
+  f0, t0 = _faults(), time.perf_counter()
   jax.block_until_ready(fn())
-  return time.perf_counter() - t0
+  t = time.perf_counter() - t0
+  if faults is not None:
+    faults.append(_faults() - f0)
+  return t
 
 
 def _inputs(batch: int, res: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +185,7 @@ class TimmProcess:
   Protocol: JSON lines on the child's stdin / a duplicate of its stdout (its
   own prints go to stderr): {"case", "mode", "dtype", "resolution", "batch",
   "device", "compile"} builds a step and answers {"ready": true}; {"step":
-  true} runs one and answers {"seconds": s}.
+  true} runs one and answers {"seconds": s, "faults": minor page faults}.
   """
 
   def __init__(self, threads: int):
@@ -188,13 +203,20 @@ class TimmProcess:
                          'its stderr is above)')
     return json.loads(line)
 
-  def build(self, case: Case, mode: str, args, res: int) -> Callable[[], float]:
+  def build(self, case: Case, mode: str, args, res: int,
+            faults: list) -> Callable[[], float]:
     """Builds timm's step for this case in the child; returns a callable
-    that runs one step there and returns its seconds."""
+    that runs one step there and returns its seconds (its page faults are
+    appended to `faults`)."""
     self._ask(dict(case=case.name, mode=mode, dtype=args.dtype,
                    resolution=res, batch=args.batch,
                    device=args.torch_device, compile=args.torch_compile))
-    return lambda: self._ask({'step': True})['seconds']
+
+    def step():
+      answer = self._ask({'step': True})
+      faults.append(answer['faults'])
+      return answer['seconds']
+    return step
 
   def close(self):
     self._proc.stdin.close()
@@ -210,9 +232,8 @@ def _timm_worker(threads: int) -> int:
   for line in sys.stdin:
     request = json.loads(line)
     if 'step' in request:
-      t0 = time.perf_counter()
-      step()
-      answer = {'seconds': time.perf_counter() - t0}
+      faults = []
+      answer = {'seconds': _timed(step, faults), 'faults': faults[0]}
     else:
       images, labels = _inputs(request['batch'], request['resolution'])
       step = torch_step(CASES[request['case']], request['mode'],
@@ -234,14 +255,15 @@ def run_case(case: Case, mode: str, args, timm_process=None) -> dict:
   ours, parts = jax_step(case, mode, args.dtype, res, images, labels,
                          args.remat, args.attention_impl,
                          args.parallel_microbatches)
-  ours_timed = lambda: _timed(ours)  # each: run one step, return seconds
+  f_ours, f_timm = [], []  # page faults per step, warm-up included
+  ours_timed = lambda: _timed(ours, f_ours)  # each: one step, its seconds
   theirs_timed = None
   if timm_process is not None:
-    theirs_timed = timm_process.build(case, mode, args, res)
+    theirs_timed = timm_process.build(case, mode, args, res, f_timm)
   elif timm is not None and not args.no_timm:
     theirs = torch_step(case, mode, args.dtype, res, images, labels,
                         args.torch_device, args.torch_compile)
-    theirs_timed = lambda: _timed(theirs)
+    theirs_timed = lambda: _timed(theirs, f_timm)
   for _ in range(args.warmup):
     ours_timed()
     if theirs_timed:
@@ -262,6 +284,8 @@ def run_case(case: Case, mode: str, args, timm_process=None) -> dict:
               ours_img_s=ips_ours, timm_img_s=ips_timm,
               ratio=ips_ours / ips_timm if ips_timm else None,
               ours_step_s=t_ours, timm_step_s=t_timm,
+              ours_step_faults=f_ours[args.warmup:],
+              timm_step_faults=f_timm[args.warmup:],
               timm_process=('separate' if timm_process else
                             'same' if theirs_timed else None),
               load_avg=os.getloadavg()[0])
@@ -344,11 +368,13 @@ def _run_all(args, child: Optional[TimmProcess]) -> int:
       timm_s = (f'{row["timm_img_s"]:8.2f}' if row['timm_img_s']
                 else '     n/a')
       ratio = f'{row["ratio"]:.2f}' if row['ratio'] else 'n/a'
+      faults = max(row['ours_step_faults'] + row['timm_step_faults'])
       print(f'{c:10s} {m:5s} {row["resolution"]}px b{args.batch} '
             f'{args.dtype} k{row["microbatches"]}: ours '
             f'{row["ours_img_s"]:8.2f} img/s  timm '
-            f'{timm_s} img/s  ratio {ratio}  (load {row["load_avg"]:.1f})',
-            flush=True)
+            f'{timm_s} img/s  ratio {ratio}  (load {row["load_avg"]:.1f}'
+            + (f'; a timed step took {faults} page faults'
+               if faults > FAULTS_NOTED else '') + ')', flush=True)
       if args.json:
         with open(args.json, 'a') as f:
           f.write(json.dumps(row) + '\n')

@@ -98,11 +98,14 @@ def test_side_by_side_tiny(tmp_path, capsys, timm_process):
   assert [r['mode'] for r in rows] == ['infer', 'train']
   for r in rows:
     assert r['ours_img_s'] > 0 and len(r['ours_step_s']) == 2
+    assert len(r['ours_step_faults']) == 2
+    assert all(f >= 0 for f in r['ours_step_faults'])
     if mod.timm is not None:
       # On CPU, auto runs timm in a child process.
       assert r['timm_process'] == ('same' if timm_process == 'same'
                                    else 'separate')
       assert len(r['timm_step_s']) == 2 and min(r['timm_step_s']) > 0
+      assert len(r['timm_step_faults']) == 2
       assert r['ratio'] == pytest.approx(r['ours_img_s'] / r['timm_img_s'])
   assert 'ratio' in capsys.readouterr().out
 
