@@ -135,9 +135,9 @@ def _conv_cpu(x, kernel, strides, padding):
 
   Not differentiated (inference): XLA's convolution (a [32, 224, 224, 3]
   7x7/2 root: 81 ms against 102 for im2col + OpenBLAS; R26's 3x3 convs 7-30 %
-  faster). Differentiated: im2col + OpenBLAS forward and backward (in a
-  training step with micro-batches side by side the convolution forward was
-  slower, and XLA's own convolution gradients are much slower).
+  faster). Differentiated: im2col + OpenBLAS forward and backward, as before
+  (XLA's convolution gradients are much slower on CPU; its forward inside an
+  R26+S/32 training step measured the same as im2col's: 5.28 vs 5.27 s).
   """
   return _xla_conv(x, kernel, strides, padding)
 
