@@ -251,13 +251,10 @@ class GroupNorm(nn.Module):
       return _group_norm(x, scale, bias, g, self.epsilon)
     stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
     flat = x.reshape(b, -1, c).astype(stats_dtype)           # [B, HW, C]
-    n = flat.shape[1] * (c // g)
-    per_group = lambda s: s.reshape(b, g, c // g).sum(-1) / n  # [B, G]
-    mean = per_group(jnp.sum(flat, axis=1))
-    var = jnp.maximum(per_group(jnp.sum(flat * flat, axis=1)) - mean ** 2, 0)
+    mean, rstd = _group_stats(flat, g, self.epsilon)         # [B, G]
     per_channel = lambda t: jnp.repeat(t, c // g, axis=-1).reshape(
         b, *[1] * (x.ndim - 2), c)
-    mul = per_channel(jax.lax.rsqrt(var + self.epsilon)) * scale
+    mul = per_channel(rstd) * scale
     y = (x - per_channel(mean)) * mul + bias
     dtype = self.dtype or jnp.result_type(x, scale, bias)
     return y.astype(dtype)
