@@ -251,13 +251,9 @@ class GroupNorm(nn.Module):
       return _group_norm(x, scale, bias, g, self.epsilon)
     stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
     flat = x.reshape(b, -1, c).astype(stats_dtype)           # [B, HW, C]
-    mean, rstd = _group_stats(flat, g, self.epsilon)         # [B, G]
-    per_channel = lambda t: jnp.repeat(t, c // g, axis=-1).reshape(
-        b, *[1] * (x.ndim - 2), c)
-    mul = per_channel(rstd) * scale
-    y = (x - per_channel(mean)) * mul + bias
+    y = _group_norm_fwd(flat, scale, bias, g, self.epsilon)[0]
     dtype = self.dtype or jnp.result_type(x, scale, bias)
-    return y.astype(dtype)
+    return y.reshape(x.shape).astype(dtype)
 
 
 def _group_stats(flat, groups, eps):
@@ -287,6 +283,7 @@ def _per_channel(t, c):
 
 
 def _group_norm_fwd(x, scale, bias, groups, eps):
+  """(GroupNorm of x [B, ..., C], residuals); also `GroupNorm`'s general path."""
   b, c = x.shape[0], x.shape[-1]
   flat = x.reshape(b, -1, c)
   mean, rstd = _group_stats(flat, groups, eps)
