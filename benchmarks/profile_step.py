@@ -81,6 +81,31 @@ def _dot_flops(line: str, insts_in_body: dict) -> int:
   return 2 * n_out * k
 
 
+def _dims(shape: str) -> list[int]:
+  return [int(d) for d in shape.split(',') if d]
+
+
+def _gemm_call_flops(line: str) -> int:
+  """2 x MACs of a custom call of the OpenBLAS kernels (`vit_jax/kernels`:
+  products, implicit-GEMM convolutions and their kernel gradients), from the
+  output and operand shapes; 0 for any other custom call."""
+  target = re.search(r'custom_call_target="(vit_jax_cpu_\w+)"', line)
+  out = re.match(r'\s*(?:ROOT )?%?[\w.\-]+ = \w+\[([\d,]*)\]', line)
+  ops = re.search(r'operand_layout_constraints=\{\w+\[([\d,]*)\]'
+                  r'\{[\d,]*\}, \w+\[([\d,]*)\]', line)
+  if not (target and out and ops):
+    return 0
+  a, b, n_out = _dims(ops.group(1)), _dims(ops.group(2)), 1
+  for d in _dims(out.group(1)):
+    n_out *= d
+  if target.group(1) == 'vit_jax_cpu_conv':  # x, kernel [k, O]
+    return 2 * n_out * b[0]
+  if target.group(1) == 'vit_jax_cpu_conv_kernel_grad':  # x, dy [B, OH, OW, O]
+    return 2 * n_out * b[0] * b[1] * b[2]
+  k = a[-2] if re.search(r'trans_a = true', line) else a[-1]
+  return 2 * n_out * k
+
+
 def describe(name: str, comps: dict, insts: dict) -> tuple[str, int]:
   """A kind-of-op key for instruction `name`, and its matmul FLOPs."""
   shape, op, line = insts[name]
@@ -101,6 +126,8 @@ def describe(name: str, comps: dict, insts: dict) -> tuple[str, int]:
                                'broadcast'):
       continue
     ops[m.group(3)] += 1
+    if m.group(3) == 'custom-call':
+      flops += _gemm_call_flops(l)
     if m.group(3) == 'dot':
       operands = re.search(r'dot\(%?([\w.\-]+), %?([\w.\-]+)\)', l)
       dims = re.search(r'((?:lhs_batch_dims=\{[\d,]*\}, )?'

@@ -121,6 +121,58 @@ def test_dot_general_takes_the_kernel_only_where_it_applies():
                             (((1, 2), (0, 1)), ((), ()))), rtol=1e-6)
 
 
+def _lax_conv(x, kernel, strides, padding):
+  return jax.lax.conv_general_dilated(
+      x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision='highest')
+
+
+# (batch, H, W, C, O, kernel, strides, ((top, bottom), (left, right))): odd
+# and even sizes, asymmetric and no padding, and two shapes large enough for
+# the blocked paths (more than 2^22 unfolded floats), the others unfolded
+# whole.
+_CONV_CASES = [
+    (2, 9, 7, 3, 5, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (2, 10, 11, 4, 6, (7, 7), (2, 2), ((3, 3), (2, 3))),
+    (3, 8, 8, 5, 4, (3, 3), (2, 2), ((0, 1), (0, 1))),
+    (1, 6, 5, 2, 3, (2, 3), (1, 2), ((0, 0), (0, 0))),
+    (2, 64, 64, 64, 16, (3, 3), (1, 1), ((1, 1), (1, 1))),
+    (1, 230, 229, 3, 8, (7, 7), (2, 2), ((2, 3), (3, 3))),
+]
+
+
+@pytest.mark.parametrize('b,h,w,c,o,kernel_size,strides,padding', _CONV_CASES)
+def test_conv_and_kernel_gradient_equal_xla(b, h, w, c, o, kernel_size,
+                                            strides, padding):
+  """The implicit-GEMM convolution and its kernel gradient against XLA's
+  convolution and autodiff (float32 at highest precision)."""
+  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (b, h, w, c))
+  kernel = jax.random.normal(kk, (*kernel_size, c, o))
+  want, vjp = jax.vjp(lambda k: _lax_conv(x, k, strides, padding), kernel)
+  got = jax.jit(cpu_gemm.conv, static_argnums=(2, 3, 4))(
+      x, kernel.reshape(-1, o), kernel_size, strides, padding)
+  assert got.shape == want.shape
+  scale = float(jnp.abs(want).max())
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+  dy = jax.random.normal(kg, want.shape)
+  dk_want = vjp(dy)[0].reshape(-1, o)
+  dk = jax.jit(cpu_gemm.conv_kernel_grad, static_argnums=(2, 3, 4))(
+      x, dy, kernel_size, strides, padding)
+  np.testing.assert_allclose(dk, dk_want, rtol=0,
+                             atol=1e-5 * float(jnp.abs(dk_want).max()))
+
+
+def test_conv_shape_errors_name_the_shapes():
+  x = jnp.ones((2, 8, 8, 4))
+  bad_kernel = jnp.ones((9 * 5, 6))  # built for 5 input features, not 4
+  out = jax.ShapeDtypeStruct((2, 8, 8, 6), jnp.float32)
+  call = jax.ffi.ffi_call(cpu_gemm.CONV_TARGET, out)
+  attrs = cpu_gemm._conv_attrs((3, 3), (1, 1), ((1, 1), (1, 1)))
+  with pytest.raises(Exception, match=r'kernel \[45, 6\].*\[2, 8, 8, 4\]'):
+    jax.jit(lambda x, k: call(x, k, **attrs))(x, bad_kernel).block_until_ready()
+
+
 def _model_cases():
   vit_kw = dict(num_classes=10, patch_size=(8, 8), hidden_size=48,
                 num_layers=2, num_heads=3, mlp_dim=96, classifier='token')

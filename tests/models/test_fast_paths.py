@@ -85,12 +85,21 @@ def test_attention_gradient_equals_autodiff(nq, nk):
 @pytest.mark.parametrize('kernel,strides,size', [
     ((1, 1), (1, 1), (8, 8)), ((1, 1), (2, 2), (7, 9)),
     ((3, 3), (1, 1), (8, 8)), ((3, 3), (2, 2), (7, 9)),
-    ((7, 7), (2, 2), (15, 13))])
-def test_std_conv_matmul_equals_the_convolution(kernel, strides, size):
-  """ResNet's StdConv runs as im2col + matmul: same output and gradients as
-  the convolution path (flax / XLA), 'SAME' padding, odd sizes included."""
+    ((7, 7), (2, 2), (15, 13)), ((3, 3), (2, 2), (8, 8))])
+@pytest.mark.parametrize('openblas', [False, True])
+def test_std_conv_matmul_equals_the_convolution(kernel, strides, size,
+                                                openblas):
+  """ResNet's StdConv runs as a matmul (im2col + XLA's product, or with the
+  OpenBLAS kernels the implicit-GEMM convolution): same output and gradients
+  as the convolution path (flax / XLA), 'SAME' padding, odd sizes included."""
+  from vit_jax.kernels import cpu_gemm  # pylint: disable=g-import-not-at-top
   from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  with cpu_gemm.use(openblas):
+    _check_std_conv(resnet, kernel, strides, size,
+                    openblas and kernel != (1, 1))
 
+
+def _check_std_conv(resnet, kernel, strides, size, implicit_gemm):
   class ConvPath(resnet.StdConv):
     def _as_matmul(self):
       return False
@@ -101,6 +110,11 @@ def test_std_conv_matmul_equals_the_convolution(kernel, strides, size):
   params = fast.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(
       jnp.shape, slow.init(jax.random.key(1), x))
+  from vit_jax.kernels import cpu_gemm  # pylint: disable=g-import-not-at-top
+  jaxpr = str(jax.make_jaxpr(jax.grad(
+      lambda p: jnp.sum(fast.apply(p, x))))(params))
+  assert (cpu_gemm.CONV_TARGET in jaxpr) == implicit_gemm
+  assert (cpu_gemm.CONV_KERNEL_GRAD_TARGET in jaxpr) == implicit_gemm
   ref = slow.apply(params, x)
   np.testing.assert_allclose(fast.apply(params, x), ref, rtol=0,
                              atol=1e-5 * float(jnp.abs(ref).max()))

@@ -1,8 +1,8 @@
 """Parameter counts and analytic forward FLOPs of any model in the registry.
 
 FLOPs are counted as 2 x multiply-accumulates of every matrix product
-(`dot_general`, and the OpenBLAS products of `vit_jax.kernels.cpu_gemm`) and
-convolution in the forward pass, read off the model's
+(`dot_general`, and the OpenBLAS products and convolutions of
+`vit_jax.kernels.cpu_gemm`) and convolution in the forward pass, read off the model's
 jaxpr: exact for any architecture, with no per-family formula to keep in
 sync. Elementwise work (GELU, softmax, norms, adds) is not counted; it is
 under 1 % for ViTs. This is the convention that matches a measured `2 n^3`
@@ -46,6 +46,11 @@ def _eqn_flops(eqn) -> int:
     contract = a[-2] if trans_a else a[-1]
     out = int(np.prod(eqn.outvars[0].aval.shape))
     return 2 * out * int(contract)
+  if (name == 'ffi_call'
+      and eqn.params.get('target_name') == cpu_gemm.CONV_TARGET):
+    # x [B, H, W, C] conv kernel [kh kw C, O] -> [B, OH, OW, O]
+    k = eqn.invars[1].aval.shape[0]
+    return 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(k)
   if name == 'conv_general_dilated':
     rhs = eqn.invars[1].aval.shape
     dn = eqn.params['dimension_numbers']

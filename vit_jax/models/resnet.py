@@ -99,6 +99,19 @@ def _matmul_bwd(res, g):
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def explicit_padding(size, kernel_size, strides, padding):
+  """((top, bottom), (left, right)) zeros of a 'SAME' (TensorFlow / flax
+  convention: the odd one at the bottom / right) or 'VALID' convolution of
+  [H, W] = `size`."""
+  if padding == 'VALID':
+    return ((0, 0), (0, 0))
+  pads = []
+  for n, k, s in zip(size, kernel_size, strides):
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    pads.append((total // 2, total - total // 2))
+  return tuple(pads)
+
+
 def im2col(x, kernel_size, strides, padding):
   """[B, H, W, C] -> [B, H', W', kh * kw * C] patches, (kh, kw, C)-ordered.
 
@@ -110,56 +123,60 @@ def im2col(x, kernel_size, strides, padding):
   sh, sw = strides
   if (kh, kw) == (1, 1):
     return x[:, ::sh, ::sw]
-  _, h, w, _ = x.shape
-  if padding == 'SAME':
-    oh, ow = -(-h // sh), -(-w // sw)
-    ph = max((oh - 1) * sh + kh - h, 0)
-    pw = max((ow - 1) * sw + kw - w, 0)
-    x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
-                    (0, 0)))
-  else:
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+  pads = explicit_padding(x.shape[1:3], kernel_size, strides, padding)
+  x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
+  oh = (x.shape[1] - kh) // sh + 1
+  ow = (x.shape[2] - kw) // sw + 1
   cols = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
           for i in range(kh) for j in range(kw)]
   return jnp.concatenate(cols, axis=-1)
 
 
-def _xla_conv(x, kernel, strides, padding):
-  return jax.lax.conv_general_dilated(
-      x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_cpu(x, kernel, strides, padding):
-  """x [B, H, W, C] conv kernel [kh, kw, C, O] -> [B, H', W', O] on the CPU.
+  """x [B, H, W, C] conv kernel [kh, kw, C, O] -> [B, H', W', O] on the CPU
+  ('SAME' or 'VALID' `padding`), by the OpenBLAS kernels.
 
-  Not differentiated (inference): XLA's convolution (a [32, 224, 224, 3]
-  7x7/2 root: 81 ms against 102 for im2col + OpenBLAS; R26's 3x3 convs 7-30 %
-  faster). Differentiated: im2col + OpenBLAS forward and backward, as before
-  (XLA's convolution gradients are much slower on CPU; its forward inside an
-  R26+S/32 training step measured the same as im2col's: 5.28 vs 5.27 s).
+  Forward and kernel gradient are implicit GEMMs (`cpu_gemm.conv`,
+  `cpu_gemm.conv_kernel_grad`: the unfolded input is built block by block in
+  cache), as fast as XLA's convolution forward or up to 1.9x faster at R26's
+  shapes, and the R26+S/32 training step 10 % faster than with an explicit
+  im2col + matmul (docs/performance.md). The input
+  gradient of a stride-1 convolution is the same forward kernel applied to
+  the output gradient with the flipped, transposed kernel; strided ones take
+  one product with the kernel and the transpose of im2col.
   """
-  return _xla_conv(x, kernel, strides, padding)
+  return _conv_cpu_fwd(x, kernel, strides, padding)[0]
 
 
 def _conv_cpu_fwd(x, kernel, strides, padding):
-  cols = im2col(x, kernel.shape[:2], strides, padding)   # [B, H', W', kh kw C]
-  y = cpu_gemm.gemm(cols.reshape(-1, cols.shape[-1]),
-                    kernel.reshape(-1, kernel.shape[-1]))
-  return y.reshape(cols.shape[:-1] + (kernel.shape[-1],)), (x, cols, kernel)
+  size = kernel.shape[:2]
+  pads = explicit_padding(x.shape[1:3], size, strides, padding)
+  y = cpu_gemm.conv(x, kernel.reshape(-1, kernel.shape[-1]), size, strides,
+                    pads)
+  return y, (x, kernel)
 
 
 def _conv_cpu_bwd(strides, padding, res, g):
-  x, cols, kernel = res
-  # im2col's transpose (a sum of padded slices); its forward here is unused.
-  _, cols_vjp = jax.vjp(
-      lambda x: im2col(x, kernel.shape[:2], strides, padding), x)
-  cols2 = cols.reshape(-1, cols.shape[-1])             # [B H' W', kh kw C]
-  g2 = g.reshape(-1, g.shape[-1])                      # [B H' W', O]
-  w2 = kernel.reshape(-1, kernel.shape[-1])            # [kh kw C, O]
-  dkernel = cpu_gemm.gemm(cols2, g2, trans_a=True).reshape(kernel.shape)
-  dcols = cpu_gemm.gemm(g2, w2, trans_b=True).reshape(cols.shape)
-  return cols_vjp(dcols)[0], dkernel
+  x, kernel = res
+  (kh, kw), o = kernel.shape[:2], kernel.shape[-1]
+  pads = explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
+  dkernel = cpu_gemm.conv_kernel_grad(x, g, (kh, kw), strides, pads)
+  if tuple(strides) == (1, 1):
+    # dx[y] = sum_i g[y - i + top] w[i]: a correlation of g with the flipped
+    # kernel, input and output features swapped, padded by k - 1 - top.
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dpads = tuple((k - 1 - lo, n - 1 + k - m - (k - 1 - lo)) for k, (lo, _), n, m
+                  in zip((kh, kw), pads, x.shape[1:3], g.shape[1:3]))
+    dx = cpu_gemm.conv(g, flipped.reshape(-1, x.shape[-1]), (kh, kw), (1, 1),
+                       dpads)
+  else:
+    # im2col's transpose (a sum of padded slices); its forward here is unused.
+    _, cols_vjp = jax.vjp(lambda x: im2col(x, (kh, kw), strides, padding), x)
+    dcols = cpu_gemm.gemm(g.reshape(-1, o), kernel.reshape(-1, o),
+                          trans_b=True)
+    dx = cols_vjp(dcols.reshape(g.shape[:3] + (-1,)))[0]
+  return dx, dkernel.reshape(kernel.shape)
 
 
 _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
@@ -169,10 +186,12 @@ class StdConv(nn.Conv):
   """Convolution with weight standardization of its kernel (HWIO).
 
   2-D convolutions with 'SAME' / 'VALID' padding are computed as one matmul
-  of the unfolded input (`im2col`; for 1x1 kernels just the strided input)
-  with the [kh * kw * C, O] kernel (kernels larger than 1x1 on CPU only): the same function and parameters, but
-  XLA:CPU computes the kernel gradient of a convolution at ~6-20 GFLOP/s and
-  that of the matmul at ~100 (docs/performance.md).
+  of the unfolded input with the [kh * kw * C, O] kernel (kernels larger
+  than 1x1 on CPU only): for 1x1 kernels the strided input; larger ones by
+  the OpenBLAS implicit-GEMM kernels where they apply (`_conv_cpu`), else
+  `im2col`. The same function and parameters, but XLA:CPU computes the
+  kernel gradient of a convolution at ~6-20 GFLOP/s and that of the matmul
+  at ~100 (docs/performance.md).
   """
 
   def param(self, name, init_fn, *init_args, **init_kwargs):
