@@ -9,8 +9,10 @@
 For each case and mode both models are built with 1000 classes and compiled /
 warmed up, then timed in `--rounds` rounds; each round runs one of our steps,
 then one timm step (the order flips every round), each on the same images
-[B, H, W, 3] (NCHW copy for torch) and labels. Printed per case: median img/s
-of each and the ratio ours / timm (> 1 means we are faster).
+[B, H, W, 3] (NCHW copy for torch) and labels. Cases with short steps get
+more rounds, so that each side is timed for at least `--min_seconds`
+(ViT-Ti/16 inference at ~0.5 s a step: 10 rounds). Printed per case: median
+img/s of each and the ratio ours / timm (> 1 means we are faster).
 
 On CPU timm runs in a child process (`--timm_process=separate`, the default
 there), driven step by step from here, so the two frameworks alternate but do
@@ -35,6 +37,7 @@ SKIP and still times our side. No tensorflow / ml_collections imports.
 import argparse
 import dataclasses
 import json
+import math
 import os
 import resource
 import statistics
@@ -82,6 +85,7 @@ DEFAULT_CASES = 'ti16,s16,b16,b16_384,r26_s32,mixer_b16'
 # that grows the heap (seconds of system time on a VM) takes ~1e3 (2 MiB
 # pages) to ~3e5 (4 KiB pages); a steady one ~0.
 FAULTS_NOTED = 100
+MAX_ROUNDS = 50
 
 
 def _timm_model(case: Case, resolution: int):
@@ -264,12 +268,19 @@ def run_case(case: Case, mode: str, args, timm_process=None) -> dict:
     theirs = torch_step(case, mode, args.dtype, res, images, labels,
                         args.torch_device, args.torch_compile)
     theirs_timed = lambda: _timed(theirs, f_timm)
+  warm = []
   for _ in range(args.warmup):
-    ours_timed()
+    warm.append(ours_timed())
     if theirs_timed:
-      theirs_timed()
+      warm.append(theirs_timed())
+  # Short steps get more rounds (at most MAX_ROUNDS): each side timed for
+  # >= --min_seconds.
+  rounds = args.rounds
+  if warm and args.min_seconds > 0:
+    rounds = max(rounds, min(MAX_ROUNDS, math.ceil(
+        args.min_seconds / max(min(warm), 1e-9))))
   t_ours, t_timm = [], []
-  for r in range(args.rounds):
+  for r in range(rounds):
     order = [(ours_timed, t_ours), (theirs_timed, t_timm)]
     if r % 2:
       order.reverse()
@@ -302,6 +313,10 @@ def parse_args(argv):
   p.add_argument('--dtype', default='float32', choices=list(bench.DTYPES))
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--min_seconds', type=float, default=5.0,
+                 help='more rounds than --rounds where a step is short, so '
+                 'that each side is timed for at least this long (judged by '
+                 'the faster warm-up step; 0: exactly --rounds)')
   p.add_argument('--threads', type=int, default=os.cpu_count())
   p.add_argument('--torch_device', default=None,
                  help='default: cuda if JAX runs on a GPU, else cpu')

@@ -110,6 +110,18 @@ def test_side_by_side_tiny(tmp_path, capsys, timm_process):
   assert 'ratio' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize('min_seconds,rounds', [(0, 2), (1e6, 50)])
+def test_side_by_side_short_steps_get_more_rounds(tmp_path, min_seconds,
+                                                 rounds):
+  mod = _script('timm_side_by_side')
+  out = tmp_path / 'rows.jsonl'
+  assert mod.main(['--cases=tiny', '--modes=infer', '--batch=2', '--no_timm',
+                   '--rounds=2', '--warmup=1', f'--min_seconds={min_seconds}',
+                   f'--json={out}']) == 0
+  row = json.loads(out.read_text())
+  assert len(row['ours_step_s']) == rounds == min(rounds, mod.MAX_ROUNDS)
+
+
 def test_scaling_and_peak_scripts(capsys):
   assert _script('scaling').main(
       ['--models=mu/16', '--resolutions=32', '--batch=2', '--steps=1',
@@ -118,6 +130,14 @@ def test_scaling_and_peak_scripts(capsys):
   assert '| mu/16 | 32 |' in table and 'failed' not in table
   assert _script('matmul_peak').main(['--n=128', '--steps=1']) == 0
   assert 'GFLOP/s' in capsys.readouterr().out
+
+
+def test_conv_kernels_script(capsys):
+  assert _script('conv_kernels').main(
+      ['--batch=1', '--steps=1', '--scale=16']) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines() if '/' in l
+          and '|' in l and 'GFLOP |' not in l]
+  assert len(rows) == len(_script('conv_kernels').R26_CONVS)
 
 
 def test_inference_time_trainer(tmp_path):
