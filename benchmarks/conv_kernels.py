@@ -101,8 +101,10 @@ def main(argv: Optional[list[str]] = None) -> int:
       size, c, o = (max(size // args.scale, k), max(c // args.scale, 1),
                     max(o // args.scale, 1))
       r = measure(args.batch, size, c, o, k, s, args.steps)
-      cell = lambda n: f'{r["ms"][n]:6.1f} ({r["gflop"] / r["ms"][n] * 1e3:5.0f})'
-      print(f'{size:3d}x{size:<3d}x{c:3d} -> {o:3d} {k}x{k}/{s} {r["gflop"]:6.2f}'
+      cell = lambda n, r=r: (f'{r["ms"][n]:6.1f} '
+                             f'({r["gflop"] / r["ms"][n] * 1e3:5.0f})')
+      print(f'{size:3d}x{size:<3d}x{c:3d} -> {o:3d} {k}x{k}/{s} '
+            f'{r["gflop"]:6.2f}'
             f' | {cell("fwd_implicit")} {cell("fwd_im2col")} '
             f'{cell("fwd_xla")} | {cell("dk_implicit")} {cell("dk_im2col")}')
   return 0

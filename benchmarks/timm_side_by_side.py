@@ -11,7 +11,8 @@ warmed up, then timed in `--rounds` rounds; each round runs one of our steps,
 then one timm step (the order flips every round), each on the same images
 [B, H, W, 3] (NCHW copy for torch) and labels. Cases with short steps get
 more rounds, so that each side is timed for at least `--min_seconds`
-(ViT-Ti/16 inference at ~0.5 s a step: 10 rounds). Printed per case: median
+(judged by the faster warm-up step; ViT-Ti/16 inference on the 2-core CPU:
+~6 rounds). Printed per case: median
 img/s of each and the ratio ours / timm (> 1 means we are faster).
 
 On CPU timm runs in a child process (`--timm_process=separate`, the default

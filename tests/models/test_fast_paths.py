@@ -131,6 +131,36 @@ def _check_std_conv(resnet, kernel, strides, size, implicit_gemm):
   assert float(jnp.abs(g_slow).max()) > 1.0
 
 
+@pytest.mark.parametrize('kernel,strides,padding', [
+    ((3, 3), (1, 1), 'VALID'), ((2, 2), (1, 1), 'SAME'),
+    ((2, 3), (1, 1), 'VALID'), ((3, 3), (2, 2), 'VALID')])
+def test_cpu_conv_gradients_equal_autodiff_of_xla(kernel, strides, padding):
+  """`resnet._conv_cpu` (the OpenBLAS implicit-GEMM convolution, whose input
+  gradient at stride 1 is the flipped forward) against XLA's convolution and
+  its autodiff, for paddings the models do not use: 'VALID', and the
+  asymmetric 'SAME' of an even kernel."""
+  from vit_jax.kernels import cpu_gemm  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (2, 9, 8, 5))
+  w = jax.random.normal(kk, (*kernel, 5, 7))
+  ref = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision='highest')
+  conv_cpu = resnet._conv_cpu  # pylint: disable=protected-access
+  with cpu_gemm.use(True):
+    ours = lambda x, w: conv_cpu(x, w, strides, padding)
+    y, vjp = jax.vjp(ours, x, w)
+    assert cpu_gemm.CONV_TARGET in str(jax.make_jaxpr(ours)(x, w))
+  y_ref, vjp_ref = jax.vjp(ref, x, w)
+  np.testing.assert_allclose(y, y_ref, rtol=0,
+                             atol=1e-5 * float(jnp.abs(y_ref).max()))
+  g = jax.random.normal(kg, y_ref.shape)
+  for got, want in zip(vjp(g), vjp_ref(g)):
+    np.testing.assert_allclose(got, want, rtol=0,
+                               atol=1e-5 * float(jnp.abs(want).max()))
+
+
 @pytest.mark.parametrize('shape,dtype', [
     ((2, 8, 8, 64), jnp.float32), ((3, 5, 7, 32), jnp.float32),
     ((2, 4, 4, 256), jnp.float32), ((2, 6, 6, 64), jnp.bfloat16)])

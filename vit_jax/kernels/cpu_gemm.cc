@@ -1,12 +1,13 @@
 // fp32 matrix products and convolutions on the CPU through OpenBLAS, as XLA
 // FFI handlers.
 //
-// Products (VitJaxCpuGemm): C[..., M, N] = op(A)[..., M, K] x op(B)[..., K, N], op = transpose or not
-// (attributes trans_a, trans_b), all buffers row-major (XLA's default
-// layout). A's leading dimensions are a batch; B either has the same batch
-// or none (then it is shared by every batch entry). Convolutions as
-// implicit GEMMs (VitJaxCpuConv, VitJaxCpuConvKernelGrad): below. Built and
-// registered by cpu_gemm.py; see there for why.
+// Products (VitJaxCpuGemm): C[..., M, N] = op(A)[..., M, K] x
+// op(B)[..., K, N], op = transpose or not (attributes trans_a, trans_b), all
+// buffers row-major (XLA's default layout). A's leading dimensions are a
+// batch; B either has the same batch or none (then it is shared by every
+// batch entry). Convolutions as implicit GEMMs (VitJaxCpuConv,
+// VitJaxCpuConvKernelGrad): below. Built and registered by cpu_gemm.py; see
+// there for why.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -183,10 +184,10 @@ void Unfold(const ConvGeometry& g, const float* x, int64_t r0, int64_t r1,
 // cache. The kernel gradient sums a [k, O] product per block, so it takes
 // longer blocks.
 int64_t BlockRows(int64_t k) {
-  return std::max<int64_t>(256, std::min<int64_t>(1024, (int64_t{1} << 18) / k));
+  return std::clamp<int64_t>((int64_t{1} << 18) / k, 256, 1024);
 }
 int64_t KernelGradBlockRows(int64_t k) {
-  return std::max<int64_t>(512, std::min<int64_t>(4096, (int64_t{1} << 20) / k));
+  return std::clamp<int64_t>((int64_t{1} << 20) / k, 512, 4096);
 }
 
 // Below this many floats the whole unfolded input is built first and
@@ -228,9 +229,10 @@ ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   const int64_t k = g.k(), rows = g.rows();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t block = rows * k <= kWholeUnfold
-                            ? std::max<int64_t>(1, (rows + threads - 1) / threads)
-                            : BlockRows(k);
+  const int64_t block =
+      rows * k <= kWholeUnfold
+          ? std::max<int64_t>(1, (rows + threads - 1) / threads)
+          : BlockRows(k);
   const float* px = x.typed_data();
   const float* pw = kernel.typed_data();
   float* py = y->typed_data();

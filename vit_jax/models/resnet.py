@@ -166,8 +166,10 @@ def _conv_cpu_bwd(strides, padding, res, g):
     # dx[y] = sum_i g[y - i + top] w[i]: a correlation of g with the flipped
     # kernel, input and output features swapped, padded by k - 1 - top.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dpads = tuple((k - 1 - lo, n - 1 + k - m - (k - 1 - lo)) for k, (lo, _), n, m
-                  in zip((kh, kw), pads, x.shape[1:3], g.shape[1:3]))
+    dpads = []
+    for k, (lo, _), n, m in zip((kh, kw), pads, x.shape[1:3], g.shape[1:3]):
+      top = k - 1 - lo
+      dpads.append((top, n - 1 + k - m - top))  # n output rows from m
     dx = cpu_gemm.conv(g, flipped.reshape(-1, x.shape[-1]), (kh, kw), (1, 1),
                        dpads)
   else:
