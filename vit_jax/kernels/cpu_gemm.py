@@ -18,7 +18,7 @@ Convolutions (`conv`, `conv_kernel_grad`; used by the ResNet stem's
 `StdConv`) are implicit GEMMs: each thread unfolds a block of output pixels'
 windows into a buffer in cache and multiplies it there by one sgemm, so the
 kh * kw times larger unfolded input (im2col) never goes through memory. At
-R26's shapes (batch 16) the forward runs at 0.95-1.9x the speed of XLA's
+R26's shapes (batch 16) the forward runs at 0.9-2x the speed of XLA's
 convolution; the R26+S/32 training step took 10 % less time than with an
 explicit im2col (docs/performance.md). Tested against XLA's convolution,
 values and kernel gradients.

@@ -2,8 +2,8 @@
 
 FLOPs are counted as 2 x multiply-accumulates of every matrix product
 (`dot_general`, and the OpenBLAS products and convolutions of
-`vit_jax.kernels.cpu_gemm`) and convolution in the forward pass, read off the model's
-jaxpr: exact for any architecture, with no per-family formula to keep in
+`vit_jax.kernels.cpu_gemm`) and convolution in the forward pass, read off
+the model's jaxpr: exact for any architecture, with no per-family formula to keep in
 sync. Elementwise work (GELU, softmax, norms, adds) is not counted; it is
 under 1 % for ViTs. This is the convention that matches a measured `2 n^3`
 matmul peak, so `flops * img_per_s / peak` is the model-FLOPs utilization.

@@ -139,12 +139,12 @@ def _conv_cpu(x, kernel, strides, padding):
 
   Forward and kernel gradient are implicit GEMMs (`cpu_gemm.conv`,
   `cpu_gemm.conv_kernel_grad`: the unfolded input is built block by block in
-  cache), as fast as XLA's convolution forward or up to 1.9x faster at R26's
-  shapes, and the R26+S/32 training step 10 % faster than with an explicit
-  im2col + matmul (docs/performance.md). The input
-  gradient of a stride-1 convolution is the same forward kernel applied to
-  the output gradient with the flipped, transposed kernel; strided ones take
-  one product with the kernel and the transpose of im2col.
+  cache): the forward at 0.9-2x the speed of XLA's convolution at R26's
+  shapes, the R26+S/32 training step 10 % faster than with an explicit
+  im2col + matmul (docs/performance.md). The input gradient of a stride-1
+  convolution is the same forward kernel applied to the output gradient
+  with the flipped, transposed kernel; strided ones take one product with
+  the kernel and the transpose of im2col.
   """
   return _conv_cpu_fwd(x, kernel, strides, padding)[0]
 
