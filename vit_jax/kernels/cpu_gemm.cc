@@ -323,26 +323,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxCpuGemm, Gemm,
                                   .Attr<bool>("trans_a")
                                   .Attr<bool>("trans_b"));
 
-#define VIT_JAX_CONV_ATTRS          \
-  .Attr<int64_t>("kh")              \
-      .Attr<int64_t>("kw")          \
-      .Attr<int64_t>("sh")          \
-      .Attr<int64_t>("sw")          \
-      .Attr<int64_t>("pad_top")     \
-      .Attr<int64_t>("pad_left")
+// Both convolution handlers: x and one more float32 buffer in, one out, and
+// the convolution's geometry as attributes.
+static auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("kh")
+      .Attr<int64_t>("kw")
+      .Attr<int64_t>("sh")
+      .Attr<int64_t>("sw")
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxCpuConv, ConvForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                      VIT_JAX_CONV_ATTRS);
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxCpuConv, ConvForward, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VitJaxCpuConvKernelGrad, ConvKernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                      VIT_JAX_CONV_ATTRS);
+                              ConvBinding());
