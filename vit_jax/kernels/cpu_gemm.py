@@ -149,6 +149,12 @@ def _registered() -> bool:
     return False
 
 
+def _require_kernels():
+  if not _registered():
+    raise RuntimeError('the OpenBLAS kernels are unavailable (see the '
+                       'warning above)')
+
+
 def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False,
          trans_b: bool = False) -> jax.Array:
   """op(a) @ op(b) by the kernel, float32, no gradient rule (see `matmul`).
@@ -156,9 +162,7 @@ def gemm(a: jax.Array, b: jax.Array, trans_a: bool = False,
   a: [..., M, K] ([..., K, M] if trans_a); b: [K, N] ([N, K] if trans_b) or
   with the same leading batch as a. Returns [..., M, N].
   """
-  if not _registered():
-    raise RuntimeError('the OpenBLAS matmul kernel is unavailable (see the '
-                       'warning above)')
+  _require_kernels()
   m = a.shape[-1] if trans_a else a.shape[-2]
   n = b.shape[-2] if trans_b else b.shape[-1]
   out = jax.ShapeDtypeStruct(a.shape[:-2] + (m, n), jnp.float32)
@@ -190,9 +194,7 @@ def conv(x: jax.Array, kernel: jax.Array, kernel_size: Sequence[int],
   [B, OH, OW, O]. The unfolded input (im2col) is built a block of rows at
   a time in cache, never whole in memory.
   """
-  if not _registered():
-    raise RuntimeError('the OpenBLAS kernels are unavailable (see the '
-                       'warning above)')
+  _require_kernels()
   oh, ow = conv_output_size(x.shape[1:3], kernel_size, strides, padding)
   out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, kernel.shape[-1]),
                              jnp.float32)
@@ -207,9 +209,7 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_size: Sequence[int],
 
   x: [B, H, W, C]; dy: [B, OH, OW, O], both float32.
   """
-  if not _registered():
-    raise RuntimeError('the OpenBLAS kernels are unavailable (see the '
-                       'warning above)')
+  _require_kernels()
   kh, kw = kernel_size
   out = jax.ShapeDtypeStruct((kh * kw * x.shape[-1], dy.shape[-1]),
                              jnp.float32)

@@ -124,9 +124,8 @@ def im2col(x, kernel_size, strides, padding):
   if (kh, kw) == (1, 1):
     return x[:, ::sh, ::sw]
   pads = explicit_padding(x.shape[1:3], kernel_size, strides, padding)
+  oh, ow = cpu_gemm.conv_output_size(x.shape[1:3], kernel_size, strides, pads)
   x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
-  oh = (x.shape[1] - kh) // sh + 1
-  ow = (x.shape[2] - kw) // sw + 1
   cols = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
           for i in range(kh) for j in range(kw)]
   return jnp.concatenate(cols, axis=-1)
