@@ -73,8 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model: any name of the vit_jax.models registry; `model` holds
   # constructor overrides (dropout_rate, classifier, num_layers, ...).
+  # mlp_activation: gelu_tanh (flax.linen.gelu, the form that trained the
+  # released checkpoints) | gelu_erf (exact; timm's default).
   c.model_name = 'B/16'
-  c.model = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(mlp_activation='gelu_tanh'))
   c.dtype = 'float32'            # compute dtype: float32 | bfloat16
   c.image_size = 384
   # Fine-tune pp resizes to 8/7 of the crop, then crops (follows image_size).

@@ -14,6 +14,8 @@ import ml_collections
 
 TRAINERS = ('train', 'evaluate', 'inference_time')
 DTYPES = ('float32', 'bfloat16')
+# Model options a preset keeps from the defaults (configs/common.py).
+KEPT_MODEL_KEYS = ('mlp_activation',)
 # key=value shorthands accepted in the config argument.
 SHORTHANDS = {'res': 'image_size', 'steps': 'total_steps',
               'batch': 'batch_size', 'lr': 'optim.base_lr'}
@@ -80,7 +82,8 @@ def apply(config: ml_collections.ConfigDict, arg: Arg, *,
   if arg.model is not None:
     name, overrides = models[arg.model]
     config.model_name = name
-    config.model = ml_collections.ConfigDict(dict(overrides))
+    config.model = ml_collections.ConfigDict(
+        {**_kept_model_keys(config.model, name), **overrides})
   if arg.dataset is not None:
     preset = dict(datasets[arg.dataset])
     data = preset.pop('data', {})
@@ -91,6 +94,16 @@ def apply(config: ml_collections.ConfigDict, arg: Arg, *,
   for k, v in arg.overrides.items():
     set_value(config, k, v)
   return config
+
+
+def _kept_model_keys(model_config, name: str) -> dict[str, Any]:
+  """The keys of `model_config` that outlive a change of preset: those of
+  `KEPT_MODEL_KEYS` the new model has (`mlp_activation`; not for a ResNet)."""
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  cls, _ = models.model_kwargs(name)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return {k: model_config[k] for k in KEPT_MODEL_KEYS
+          if k in fields and k in model_config}
 
 
 def resolve_pp(config) -> tuple[str, str]:

@@ -4,6 +4,10 @@ Each case: build our model, randomize every parameter, write the official
 `.npz` layout with `checkpoint.save_npz`, load that file with timm's own
 `.npz` loader (`model.load_pretrained`, i.e. `_load_weights`) into the
 matching timm model, and compare logits on the same input.
+
+Like with like: our default MLP activation is the tanh-form GELU of the
+official code (`flax.linen.gelu`), so timm runs with `act_layer='gelu_tanh'`;
+our `mlp_activation='gelu_erf'` is compared with timm's default `nn.GELU`.
 """
 
 import jax
@@ -57,22 +61,27 @@ def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2,
       p.numel() for p in timm_model.parameters())
 
 
+TANH = dict(act_layer='gelu_tanh')  # timm's GELUTanh = flax.linen.gelu
+ERF = dict(mlp_activation='gelu_erf')  # ours, exact: timm's default GELU
+
 VIT_CASES = [
-    ('Ti/16', 'vit_tiny_patch16_224', 224, {}, {}),
-    ('ViT-B_16', 'vit_base_patch16_224', 224, {}, {}),
-    ('ViT-B_32', 'vit_base_patch32_384', 384, {}, {}),
+    ('Ti/16', 'vit_tiny_patch16_224', 224, {}, TANH),
+    ('Ti/16-erf', 'vit_tiny_patch16_224', 224, ERF, {}),
+    ('ViT-B_16', 'vit_base_patch16_224', 224, {}, TANH),
+    ('ViT-B_32', 'vit_base_patch32_384', 384, {}, TANH),
     # gap: official layout has no class token and pools after encoder_norm
     ('ViT-S_16-gap-norep', 'vit_small_patch16_224', 224, {},
-     dict(class_token=False, global_pool='avg', fc_norm=False)),
-    ('R26+S/32', 'vit_small_r26_s32_224', 224, {}, {}),
-    ('R_Ti/16', 'vit_tiny_r_s16_p8_224', 224, {}, {}),
+     dict(class_token=False, global_pool='avg', fc_norm=False, **TANH)),
+    ('R26+S/32', 'vit_small_r26_s32_224', 224, {}, TANH),
+    ('R_Ti/16', 'vit_tiny_r_s16_p8_224', 224, {}, TANH),
 ]
 
 
 @pytest.mark.parametrize('name,timm_name,size,ours_kw,timm_kw', VIT_CASES,
                          ids=[c[0] for c in VIT_CASES])
 def test_logits_match_timm(tmp_path, name, timm_name, size, ours_kw, timm_kw):
-  model = models.get_model(name, num_classes=1000, **ours_kw)
+  model = models.get_model(name.removesuffix('-erf'), num_classes=1000,
+                           **ours_kw)
   timm_model = timm.create_model(timm_name, pretrained=False,
                                  num_classes=1000, **timm_kw)
   compare_with_timm(tmp_path, model, timm_model, size)
@@ -91,15 +100,18 @@ def test_logits_match_timm_with_the_openblas_kernel(tmp_path, name,
     assert cpu_gemm.TARGET in str(jax.make_jaxpr(model.apply)(variables, x))
     compare_with_timm(tmp_path, model,
                       timm.create_model(timm_name, pretrained=False,
-                                        num_classes=1000), 224)
+                                        num_classes=1000, **TANH), 224)
 
 
-def test_map_head_matches_timm(tmp_path):
+@pytest.mark.parametrize('ours_kw,timm_kw', [({}, TANH), (ERF, {})],
+                         ids=['gelu_tanh', 'gelu_erf'])
+def test_map_head_matches_timm(tmp_path, ours_kw, timm_kw):
   """Attention-pooling head (big_vision MAPHead = timm AttentionPoolLatent)."""
-  model = models.get_model('S/16', classifier='map', num_classes=10)
+  model = models.get_model('S/16', classifier='map', num_classes=10,
+                           **ours_kw)
   timm_model = timm.models.VisionTransformer(
       img_size=64, patch_size=16, embed_dim=384, depth=12, num_heads=6,
-      num_classes=10, class_token=False, global_pool='map')
+      num_classes=10, class_token=False, global_pool='map', **timm_kw)
   compare_with_timm(tmp_path, model, timm_model, 64)
 
 
@@ -108,7 +120,7 @@ def test_timm_parity_catches_a_small_difference(tmp_path):
   model = models.get_model('mu/16', num_classes=10)
   timm_model = timm.models.VisionTransformer(
       img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2,
-      mlp_ratio=4, num_classes=10)
+      mlp_ratio=4, num_classes=10, **TANH)
   compare_with_timm(tmp_path, model, timm_model, 32)  # passes as it is
 
   def perturb(params):
@@ -119,15 +131,18 @@ def test_timm_parity_catches_a_small_difference(tmp_path):
     compare_with_timm(tmp_path, model, timm_model, 32, perturb=perturb)
 
 
-def test_mixer_matches_timm():
+@pytest.mark.parametrize('ours_kw,timm_kw', [({}, TANH), (ERF, {})],
+                         ids=['gelu_tanh', 'gelu_erf'])
+def test_mixer_matches_timm(ours_kw, timm_kw):
   """timm has no `.npz` reader for Mixer: map the official keys by hand."""
-  model = models.get_model('Mixer-B_16', num_blocks=2, num_classes=10)
+  model = models.get_model('Mixer-B_16', num_blocks=2, num_classes=10,
+                           **ours_kw)
   size = 64
   params = randomized_params(model, size)
   flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
   timm_model = timm.models.MlpMixer(
       num_classes=10, img_size=size, patch_size=16, num_blocks=2,
-      embed_dim=768, mlp_ratio=(0.5, 4.0))
+      embed_dim=768, mlp_ratio=(0.5, 4.0), **timm_kw)
   t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
   sd = {'stem.proj.weight': t(flat['stem/kernel'].transpose(3, 2, 0, 1)),
         'stem.proj.bias': t(flat['stem/bias']),

@@ -7,6 +7,7 @@ LayerNorm_1, channel_mixing}` (each mixing MLP is `Dense_0`, `Dense_1`),
 Intermediates (with `mutable=['intermediates']`): `tokens` per block.
 """
 
+import functools
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -32,17 +33,19 @@ VARIANTS = {
 
 
 class MlpBlock(nn.Module):
-  """Dense -> GELU -> Dense back to the input width."""
+  """Dense -> GELU (`activation`, see `vit_jax.models.gelu`) -> Dense back
+  to the input width."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  activation: str = gelu.DEFAULT
 
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
               dot_general=cpu_gemm.dot_general)
     y = nn.Dense(self.mlp_dim, name='Dense_0', **kw)(x)
-    y = gelu.gelu(y)
+    y = gelu.get(self.activation)(y)
     return nn.Dense(x.shape[-1], name='Dense_1', **kw)(y)
 
 
@@ -52,23 +55,29 @@ class MixerBlock(nn.Module):
   channels_mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  mlp_activation: str = gelu.DEFAULT
 
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    mlp = functools.partial(MlpBlock, activation=self.mlp_activation, **kw)
     y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
     y = jnp.swapaxes(y, 1, 2)  # [B, C, N]
-    y = MlpBlock(self.tokens_mlp_dim, name='token_mixing', **kw)(y)
+    y = mlp(self.tokens_mlp_dim, name='token_mixing')(y)
     x = x + jnp.swapaxes(y, 1, 2)
     y = nn.LayerNorm(name='LayerNorm_1', **kw)(x)
-    x = x + MlpBlock(self.channels_mlp_dim, name='channel_mixing', **kw)(y)
+    x = x + mlp(self.channels_mlp_dim, name='channel_mixing')(y)
     if self.is_mutable_collection('intermediates'):
       self.sow('intermediates', 'tokens', x)
     return x
 
 
 class MlpMixer(nn.Module):
-  """Mixer classifier. Images [B, H, W, 3] -> logits [B, num_classes]."""
+  """Mixer classifier. Images [B, H, W, 3] -> logits [B, num_classes].
+
+  `mlp_activation`: 'gelu_tanh' (the official code's `flax.linen.gelu`, which
+  trained the released checkpoints) or 'gelu_erf' (`vit_jax.models.gelu`).
+  """
   num_classes: Optional[int] = 1000
   patch_size: Sequence[int] = (16, 16)
   hidden_dim: int = 768
@@ -78,6 +87,7 @@ class MlpMixer(nn.Module):
   head_bias_init: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  mlp_activation: str = gelu.DEFAULT
 
   def total_stride(self) -> tuple[int, int]:
     return tuple(self.patch_size)
@@ -96,6 +106,7 @@ class MlpMixer(nn.Module):
     x = jnp.reshape(x, (b, h * w, c))
     for i in range(self.num_blocks):
       x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim,
+                     mlp_activation=self.mlp_activation,
                      name=f'MixerBlock_{i}', **kw)(x)
     x = nn.LayerNorm(name='pre_head_layer_norm', **kw)(x)
     x = jnp.mean(x, axis=1)

@@ -59,10 +59,13 @@ class MlpBlock(nn.Module):
     mlp_dim: hidden width.
     out_dim: output width (defaults to the input width).
     dropout_rate: dropout after the GELU and after the output projection.
+    activation: 'gelu_tanh' (as the released checkpoints) or 'gelu_erf'
+      (`vit_jax.models.gelu`).
   """
   mlp_dim: int
   out_dim: Optional[int] = None
   dropout_rate: float = 0.0
+  activation: str = gelu.DEFAULT
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -74,7 +77,7 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     h = dense(self.mlp_dim, name='Dense_0')(x)
-    h = gelu.gelu(h)
+    h = gelu.get(self.activation)(h)
     _record(self, 'mlp_hidden', h)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     y = dense(self.out_dim or x.shape[-1], name='Dense_1')(h)
@@ -252,6 +255,7 @@ class EncoderBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention_impl: Optional[str] = None
   first_token_only: bool = False
+  mlp_activation: str = gelu.DEFAULT
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool = True):
@@ -267,7 +271,8 @@ class EncoderBlock(nn.Module):
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = nn.LayerNorm(name='LayerNorm_2', **kw)(x)
     y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate,
-                 name='MlpBlock_3', **kw)(y, deterministic=deterministic)
+                 activation=self.mlp_activation, name='MlpBlock_3', **kw)(
+                     y, deterministic=deterministic)
     x = x + y
     _record(self, 'tokens', x)
     return x
@@ -301,6 +306,7 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: Optional[str] = None
+  mlp_activation: str = gelu.DEFAULT
 
   @nn.compact
   def __call__(self, x, cls=None, *, cls_insert_layer: int = 0,
@@ -330,7 +336,7 @@ class Encoder(nn.Module):
                     self.attention_dropout_rate, self.dtype, self.param_dtype,
                     self.attention_impl,
                     class_token_only and i == self.num_layers - 1,
-                    name=f'encoderblock_{i}')(x, deterministic=not train)
+                    self.mlp_activation, name=f'encoderblock_{i}')(x, deterministic=not train)
     return nn.LayerNorm(name='encoder_norm', dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
 
@@ -341,6 +347,7 @@ class MAPHead(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  mlp_activation: str = gelu.DEFAULT
 
   @nn.compact
   def __call__(self, x):
@@ -352,7 +359,8 @@ class MAPHead(nn.Module):
     x = Attention(self.num_heads, name='MultiHeadDotProductAttention_0',
                   **kw)(probe, x)
     y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
-    x = x + MlpBlock(self.mlp_dim, name='MlpBlock_0', **kw)(y)
+    x = x + MlpBlock(self.mlp_dim, activation=self.mlp_activation,
+                     name='MlpBlock_0', **kw)(y)
     return x[:, 0]
 
 
@@ -399,6 +407,9 @@ class VisionTransformer(nn.Module):
     remat: rematerialize each block in the backward pass (saves memory).
     attention_impl: attention kernel: None or 'xla' (head-major XLA
       attention), or 'cudnn' (GPU flash attention, bf16/fp16).
+    mlp_activation: the MLP blocks' (and MAP head's) GELU: 'gelu_tanh', the
+      form of the official code and the released checkpoints, or
+      'gelu_erf', the exact form (timm's default); `vit_jax.models.gelu`.
   """
   num_classes: Optional[int] = 1000
   patch_size: Sequence[int] = (16, 16)
@@ -418,6 +429,7 @@ class VisionTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat: bool = False
   attention_impl: Optional[str] = None
+  mlp_activation: str = gelu.DEFAULT
 
   def total_stride(self) -> tuple[int, int]:
     """Pixels per patch token along (height, width)."""
@@ -463,7 +475,8 @@ class VisionTransformer(nn.Module):
                         not self.is_mutable_collection('intermediates'))
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
                 self.dropout_rate, self.attention_dropout_rate, self.remat,
-                attention_impl=self.attention_impl, name='Transformer', **kw)(
+                attention_impl=self.attention_impl,
+                mlp_activation=self.mlp_activation, name='Transformer', **kw)(
                     x, cls, cls_insert_layer=cls_insert_layer, train=train,
                     class_token_only=class_token_only)
 
@@ -472,7 +485,9 @@ class VisionTransformer(nn.Module):
     elif self.classifier == 'gap':
       x = jnp.mean(x, axis=1)
     elif self.classifier == 'map':
-      x = MAPHead(self.num_heads, self.mlp_dim, name='MAPHead_0', **kw)(x)
+      x = MAPHead(self.num_heads, self.mlp_dim,
+                  mlp_activation=self.mlp_activation, name='MAPHead_0',
+                  **kw)(x)
 
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, name='pre_logits', **kw)(x)
