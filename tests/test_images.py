@@ -50,3 +50,19 @@ def test_listing_and_errors(tmp_path):
     images.load_image(str(tmp_path / 'bad.jpg'))
   with pytest.raises(images.ImageError, match='crop_pct'):
     images.load_image(str(tmp_path / 'a.png'), crop_pct=1.5)
+
+
+@pytest.mark.parametrize('resolution,crop_pct,want', [
+    (224, 0.9, 248), (384, 1.0, 384), (160, 0.8, 200), (32, 0.875, 36)])
+def test_resize_size_is_timms_floor(resolution, crop_pct, want):
+  """timm's eval transform: scale_size = floor(img_size / crop_pct)."""
+  assert images.resize_size(resolution, crop_pct) == want
+
+
+def test_default_eval_preprocessing_resizes_to_248_for_224(tmp_path):
+  p = write(tmp_path / 'a.png', 400, 300)
+  out = images.load_image(p, resolution=224)
+  with Image.open(p) as im:  # shorter side 300 -> 248: 400 -> 331
+    ref = np.asarray(im.resize((331, 248), Image.BICUBIC)
+                     .crop((53, 12, 277, 236)))
+  np.testing.assert_array_equal(out, ref)

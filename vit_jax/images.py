@@ -1,13 +1,16 @@
 """Reading image files for evaluation: listing, decoding, eval preprocessing.
 
-Used by `predict` and the analyses (training reads data through its input
-pipelines). Eval preprocessing: decode to RGB, resize the shorter side to
-round(resolution / crop_pct) with bicubic (antialiased) resampling, then a
-centered resolution x resolution crop. `crop_pct=0.9` at 224 gives the
-resize-249-crop-224 of timm's default for these models; `crop_pct=1` resizes
-the shorter side straight to the resolution.
+The one eval preprocessing rule of `predict`, `evaluate` on image files and
+the analyses (training reads data through its input pipelines and their
+`pp_eval` config string): decode to RGB, resize the shorter side to
+`resize_size(resolution, crop_pct)` = floor(resolution / crop_pct) pixels
+with bicubic (antialiased) resampling, then a centered resolution x
+resolution crop, pixels to [-1, 1]. `CROP_PCT = 0.9` (timm's default for
+these models) at 224 px gives resize 248, crop 224; `crop_pct=1` resizes the
+shorter side straight to the resolution.
 """
 
+import math
 import os
 from typing import Optional, Sequence
 
@@ -16,6 +19,16 @@ from PIL import Image
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
                     '.tiff')
+
+
+CROP_PCT = 0.9
+
+
+def resize_size(resolution: int, crop_pct: float = CROP_PCT) -> int:
+  """Pixels of the shorter side before the center crop: floor(resolution /
+  crop_pct) (224 / 0.9 -> 248; a float quotient within 1e-6 of an integer
+  counts as that integer: 160 / 0.8 -> 200)."""
+  return math.floor(resolution / crop_pct + 1e-6)
 
 
 class ImageError(ValueError):
@@ -40,12 +53,12 @@ def list_images(paths: Sequence[str]) -> list[str]:
   return out
 
 
-def load_image(path: str, resolution: int = 224, crop_pct: float = 0.9,
+def load_image(path: str, resolution: int = 224, crop_pct: float = CROP_PCT,
                resize: Optional[int] = None) -> np.ndarray:
   """Eval preprocessing (module doc) -> uint8 [resolution, resolution, 3].
 
-  `resize` (pixels of the shorter side) overrides round(resolution /
-  crop_pct). An image already resolution x resolution is used as it is.
+  `resize` (pixels of the shorter side) overrides `resize_size(resolution,
+  crop_pct)`. An image already resolution x resolution is used as it is.
   """
   if not 0 < crop_pct <= 1:
     raise ImageError(f'crop_pct={crop_pct} must be in (0, 1]')
@@ -56,7 +69,7 @@ def load_image(path: str, resolution: int = 224, crop_pct: float = 0.9,
     raise ImageError(f'cannot read image {path}: {e}') from e
   if im.size == (resolution, resolution):
     return np.asarray(im, np.uint8)
-  scale = (resize or round(resolution / crop_pct)) / min(im.size)
+  scale = (resize or resize_size(resolution, crop_pct)) / min(im.size)
   w, h = (max(resolution, round(s * scale)) for s in im.size)
   if (w, h) != im.size:
     im = im.resize((w, h), Image.BICUBIC)

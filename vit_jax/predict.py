@@ -4,8 +4,9 @@
         [--resolution=224] [--crop_pct=0.9] [--labels=FILE] [--json] \
         IMAGE_OR_DIR...
 
-Eval preprocessing: decode to RGB, resize the shorter side to
-round(resolution / crop_pct) with bicubic (antialiased) resampling, center
+Eval preprocessing (`vit_jax.images`, the same rule as the analyses):
+decode to RGB, resize the shorter side to floor(resolution / crop_pct) with
+bicubic (antialiased) resampling (248 for 224 at the default 0.9), center
 crop resolution x resolution, scale pixels to [-1, 1]. With `--crop_pct=1`
 the shorter side is resized straight to the resolution. The number of classes
 is read from the checkpoint's head; position embeddings are resampled when
@@ -103,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='registry name, e.g. Ti/16, ViT-B_16, R26+S/32')
   parser.add_argument('--checkpoint', required=True, help='official .npz')
   parser.add_argument('--resolution', type=int, default=224)
-  parser.add_argument('--crop_pct', type=float, default=0.9)
+  parser.add_argument('--crop_pct', type=float, default=images.CROP_PCT)
   parser.add_argument('--labels', default=None)
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--json', action='store_true')

@@ -3,10 +3,10 @@
 Images come out as uint8 [B, H, W, 3] (compact; 1,000 photos at 224 px are
 150 MB) and `to_model` maps them to the models' float range [-1, 1].
 
-Eval preprocessing (the one that gives the released ViT-Ti/16 82.7 % top-1
-on the ImageNet samples): shorter side resized to `resize` px with bicubic
-resampling, then a `resolution` x `resolution` center crop. Images already of
-size `resolution` (CIFAR-10 at 32 px) are used as they are.
+Eval preprocessing: `vit_jax.images`' one rule (shorter side to
+floor(resolution / 0.9) px, bicubic, then a `resolution` x `resolution`
+center crop), unless `resize` says otherwise. Images already of size
+`resolution` (CIFAR-10 at 32 px) are used as they are.
 
 The real data folder is $VIT_JAX_SHARED_DATA, default `../shared/data` next to
 the repository (see its README.md): `imagenet_samples/<wnid>_<name>.JPEG`
@@ -46,11 +46,10 @@ def load_image(path: str, resolution: int = 224,
                resize: Optional[int] = None) -> np.ndarray:
   """Eval preprocessing (module doc) -> uint8 [resolution, resolution, 3].
 
-  `resize` defaults to int(resolution / 0.9) (248 for 224).
+  `resize` defaults to `images.resize_size(resolution)` (248 for 224).
   """
   try:
-    return images.load_image(path, resolution,
-                             resize=resize or int(resolution / 0.9))
+    return images.load_image(path, resolution, resize=resize)
   except images.ImageError as e:
     raise validate.AnalysisError(str(e)) from e
 
