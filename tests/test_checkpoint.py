@@ -1,5 +1,6 @@
 """`.npz` round trip, adaptation to new shapes, and the errors."""
 
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import scipy.ndimage
 
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import pretrained
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -19,6 +21,12 @@ def init(model, size):
   x = jnp.zeros((1, *size, 3)) if isinstance(size, tuple) else jnp.zeros(
       (1, size, size, 3))
   return jax.jit(model.init)(jax.random.key(0), x)['params']
+
+
+def load(path, model, size):
+  """The one loading path: read the file, fit it to `model` at `size`."""
+  size = size if isinstance(size, tuple) else (size, size)
+  return pretrained.fit(model, init(model, size), pretrained.read(path), size)
 
 
 def randomize(params, seed=1):
@@ -110,7 +118,7 @@ def test_load_at_higher_resolution_non_square_and_gap(tmp_path):
   checkpoint.save_npz(path, src_params)
   dst = models.get_model('mu/16', num_classes=10, classifier='gap')
   size = (96, 128)  # 6x8 grid
-  out = checkpoint.load_pretrained(path, init(dst, size), dst, size)
+  out = load(path, dst, size)
   pe = out['Transformer']['posembed_input']['pos_embedding']
   assert pe.shape == (1, 48, 32)
   old = np.asarray(src_params['Transformer']['posembed_input']['pos_embedding'])
@@ -127,7 +135,7 @@ def test_new_head_is_zero_and_pre_logits_dropped(tmp_path):
   src_params = randomize(init(src, 32))
   checkpoint.save_npz(path, src_params)
   dst = models.get_model('mu/16', num_classes=10)
-  out = checkpoint.load_pretrained(path, init(dst, 32), dst, (32, 32))
+  out = load(path, dst, 32)
   assert 'pre_logits' not in out
   assert out['head']['kernel'].shape == (32, 10)
   assert not np.any(out['head']['kernel'])
@@ -135,7 +143,7 @@ def test_new_head_is_zero_and_pre_logits_dropped(tmp_path):
       out['embedding']['kernel'], src_params['embedding']['kernel'])
   # same head size: the head is kept
   same = models.get_model('mu/16', num_classes=1000)
-  out = checkpoint.load_pretrained(path, init(same, 32), same, (32, 32))
+  out = load(path, same, 32)
   np.testing.assert_array_equal(out['head']['kernel'],
                                 src_params['head']['kernel'])
 
@@ -144,28 +152,27 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
   path = str(tmp_path / 's.npz')
   checkpoint.save_npz(path, init(models.get_model('mu/16'), 32))
   dst = models.get_model('mu/16', mlp_dim=64)
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(pretrained.PretrainedError,
                      match=r'encoderblock_0/MlpBlock_3/Dense_0/kernel: '
                      r'checkpoint has shape \(32, 128\), the model expects '
                      r'\(32, 64\).*Dense_1/kernel'):
-    checkpoint.load_pretrained(path, init(dst, 32))
+    load(path, dst, 32)
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
   path = str(tmp_path / 's.npz')
   checkpoint.save_npz(path, init(models.get_model('mu/16', num_layers=3), 32))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(pretrained.PretrainedError,
                      match='unexpected in checkpoint: Transformer/'
                      'encoderblock_2/'):
-    checkpoint.load_pretrained(path, init(models.get_model('mu/16'), 32))
-  with pytest.raises(checkpoint.CheckpointError,
+    load(path, models.get_model('mu/16'), 32)
+  with pytest.raises(pretrained.PretrainedError,
                      match='missing in checkpoint: .*encoderblock_3/'):
-    checkpoint.load_pretrained(
-        path, init(models.get_model('mu/16', num_layers=4), 32))
+    load(path, models.get_model('mu/16', num_layers=4), 32)
   gap = models.get_model('mu/16', classifier='gap')
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(pretrained.PretrainedError,
                      match='unexpected in checkpoint: .*, cls$'):
-    checkpoint.load_pretrained(path, init(gap, 32))
+    load(path, gap, 32)
 
 
 def test_missing_and_corrupt_files(tmp_path):
@@ -184,7 +191,7 @@ def test_legacy_groupnorm_shapes_are_fixed(tmp_path):
   flat['gn_root/scale'] = flat['gn_root/scale'].reshape(1, 1, 1, -1)
   path = str(tmp_path / 'old.npz')
   np.savez(path, **flat)
-  out = checkpoint.load_pretrained(path, init(model, 32))
+  out = load(path, model, 32)
   np.testing.assert_array_equal(out['gn_root']['scale'],
                                 params['gn_root']['scale'])
 
@@ -204,3 +211,54 @@ def test_inspect_cli(tmp_path):
   assert bad.returncode == 1
   assert bad.stderr.strip().startswith('error: checkpoint not found')
   assert 'Traceback' not in bad.stderr
+
+
+def test_truncated_and_empty_npz_are_one_line_errors(tmp_path):
+  """A download cut short (zipfile.BadZipFile inside numpy) and an empty
+  file are CheckpointErrors naming the file, not tracebacks."""
+  good = str(tmp_path / 'good.npz')
+  checkpoint.save_npz(good, init(models.get_model('mu/16'), 32))
+  data = open(good, 'rb').read()
+  for name, content in [('half.npz', data[:len(data) // 2]),
+                        ('tail_cut.npz', data[:-30]), ('empty.npz', b'')]:
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=f'{name} is not a readable .npz'):
+      checkpoint.read_npz(str(bad))
+  single = tmp_path / 'single.npy'
+  np.save(single, np.zeros(3))
+  with pytest.raises(checkpoint.CheckpointError, match='not a readable'):
+    checkpoint.read_npz(str(single))
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_first_key(tmp_path):
+  params = randomize(init(models.get_model('mu/16'), 32))
+  flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
+  flat['head/bias'] = flat['head/bias'].copy()
+  flat['head/bias'][3] = np.nan
+  flat['cls'] = np.full_like(flat['cls'], np.inf)
+  path = str(tmp_path / 'nan.npz')
+  np.savez(path, **flat)
+  # 'cls' sorts before 'head/bias': the first key is named, with a count
+  with pytest.raises(pretrained.PretrainedError,
+                     match=r'nan.npz: cls holds 32 NaN/Inf value\(s\) of 32'):
+    pretrained.read(path)
+
+
+def test_mismatch_error_says_what_each_side_is_and_counts(tmp_path):
+  """A Ti/16 file into an S/16 model: one short line, not 150 shape pairs."""
+  ti, s = (models.get_model(n, num_classes=10, num_layers=2)
+           for n in ('Ti/16', 'S/16'))
+  path = str(tmp_path / 'ti.npz')
+  checkpoint.save_npz(path, init(ti, 32))
+  with pytest.raises(pretrained.PretrainedError) as e:
+    load(path, s, 32)
+  msg = str(e.value)
+  n_arrays = len(checkpoint.flatten(init(s, 32)))
+  assert f'of {n_arrays} arrays do not fit' in msg
+  assert ('the file: width 192, 2 blocks, patch 16x16, head 10; the model: '
+          'width 384, 2 blocks, patch 16x16, head 10') in msg
+  assert msg.count('checkpoint has shape') == checkpoint.MAX_LISTED
+  assert re.search(r'; and \d+ more$', msg)
+  assert len(msg) < 800 and '\n' not in msg

@@ -91,11 +91,11 @@ def test_errors(tmp_path, shared_data):
       run_predict('--model=Ti/16', f'--checkpoint={ckpt}',
                   str(tmp_path / 'missing.jpg')),
       'no such file or directory')
-  broken = tmp_path / 'broken.jpg'
-  broken.write_bytes(b'\xff\xd8 definitely not a jpeg')
+  truncated = tmp_path / 'truncated.npz'
+  truncated.write_bytes(open(ckpt, 'rb').read()[:1_000_000])
   assert_one_line_error(
-      run_predict('--model=Ti/16', f'--checkpoint={ckpt}', str(broken)),
-      'cannot read image')
+      run_predict('--model=Ti/16', f'--checkpoint={truncated}', photo),
+      'truncated.npz is not a readable .npz file')
   assert_one_line_error(
       run_predict('--model=S/16', f'--checkpoint={ckpt}', photo),
       'checkpoint has shape (192,), the model expects (384,)')
@@ -124,3 +124,41 @@ def test_text_output_names_the_class(shared_data):
   assert lines[0] == str(photo)
   assert lines[1].startswith('  1. goldfish, Carassius auratus (1): ')
   assert len(lines) == 6
+
+
+def test_one_unreadable_image_does_not_lose_the_others(tmp_path, shared_data):
+  """The good photos of the batch are classified, the bad file is named in
+  one line, and the exit status says something failed."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  for name in ('n01443537_goldfish.JPEG', 'n01530575_brambling.JPEG'):
+    shutil.copy(shared_data / 'imagenet_samples' / name, folder / name)
+  (folder / 'm_broken.jpg').write_bytes(b'\xff\xd8 definitely not a jpeg')
+  r = run_predict('--json', '--model=Ti/16',
+                  f'--checkpoint={shared_data / CKPT}', str(folder))
+  assert r.returncode == 1
+  assert 'Traceback' not in r.stderr
+  rows = [json.loads(line) for line in r.stdout.splitlines()]
+  assert [os.path.basename(x['image']) for x in rows] == [
+      'n01443537_goldfish.JPEG', 'n01530575_brambling.JPEG']
+  assert [x['top5'][0][0] for x in rows] == [1, 10]  # goldfish, brambling
+  errors = [l for l in r.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 2, r.stderr
+  assert 'cannot read image' in errors[0] and 'm_broken.jpg' in errors[0]
+  assert errors[1] == ('error: 1 of 3 images could not be classified '
+                       '(named above)')
+
+
+def test_nan_weights_are_refused_before_predicting(tmp_path, shared_data):
+  flat = checkpoint.read_npz(str(shared_data / CKPT))
+  key = 'Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel'
+  flat[key] = flat[key].copy()
+  flat[key][0, :5] = np.nan
+  path = tmp_path / 'nan.npz'
+  np.savez(path, **flat)
+  photo = shared_data / 'imagenet_samples' / 'n01443537_goldfish.JPEG'
+  r = run_predict('--json', '--model=Ti/16', f'--checkpoint={path}',
+                  str(photo))
+  assert_one_line_error(r, f'{key} holds 5 NaN/Inf value(s)')
+  assert r.stdout == ''

@@ -5,7 +5,8 @@ flat `/`-joined keys (`Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`,
 `embedding/kernel` HWIO, `cls`, `head/kernel`, ...). Our models use the same
 names, so a parameter tree and a checkpoint map key for key.
 
-`load_pretrained` adapts a checkpoint to a model of another shape:
+`merge` adapts a checkpoint to a model of another shape (the one loading
+path that uses it is `vit_jax.pretrained`):
   * position embeddings are resampled on their 2-D grid (class token row kept
     aside), bilinearly with scipy as the official code does;
   * the head is re-initialized (to the model's init: zeros) when the number of
@@ -18,7 +19,9 @@ CLI:  python -m vit_jax.checkpoint inspect FILE
 
 import io
 import os
+import re
 import sys
+import zipfile
 from typing import Any, Optional, Sequence
 
 import flax
@@ -69,7 +72,14 @@ def _fix_legacy(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
-  """Reads an `.npz` checkpoint (local or `gs://`) into {key: array}."""
+  """Reads an `.npz` checkpoint (local or `gs://`) into {key: array}, in
+  the released naming whichever naming the file uses."""
+  return read_npz_with_naming(path)[0]
+
+
+def read_npz_with_naming(path: str) -> tuple[dict[str, np.ndarray], str]:
+  """({key: array} in the released naming, the naming the file used:
+  'pre-linen' (as released) or 'linen'; see `vit_jax.npz_naming`)."""
   if '://' in path:  # buckets: read through etils (gcsfs / tf.io.gfile)
     from etils import epath  # pylint: disable=g-import-not-at-top
     if not epath.Path(path).exists():
@@ -80,14 +90,23 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
   else:
     source = path
   try:
-    with np.load(source, allow_pickle=False) as z:
+    z = np.load(source, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+      raise ValueError('a single array, not an .npz archive of named arrays')
+    with z:
       flat = {k: z[k] for k in z.files}
-  except (OSError, ValueError) as e:
-    raise CheckpointError(f'{path} is not a readable .npz file ({e})') from e
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile,
+          zipfile.LargeZipFile) as e:
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise CheckpointError(f'{path} is not a readable .npz file ({why}); '
+                          'truncated or not a checkpoint?') from e
+  if not flat:
+    raise CheckpointError(f'{path} holds no arrays')
   for prefix in ('opt/target/', 'params/'):  # optimizer-state dumps
     if all(k.startswith(prefix) for k in flat):
       flat = {k[len(prefix):]: v for k, v in flat.items()}
-  return _fix_legacy(flat)
+  return _fix_legacy(flat), 'pre-linen'
+
 
 
 def load_npz(path: str) -> PyTree:
@@ -156,6 +175,7 @@ def merge(init_params: PyTree, restored: PyTree, *,
   """
   init = flatten(init_params)
   ckpt = flatten(restored)
+  file_architecture = describe_architecture(ckpt)
   dropped = []
   if not any(k.startswith('pre_logits/') for k in init):
     dropped = [k for k in ckpt if k.startswith('pre_logits/')]
@@ -193,26 +213,44 @@ def merge(init_params: PyTree, restored: PyTree, *,
                         f'expects {tuple(v_init.shape)}')
     out[k] = v.astype(v_init.dtype)
   if mismatches:
-    raise CheckpointError('; '.join(mismatches))
+    shown = '; '.join(mismatches[:MAX_LISTED])
+    more = len(mismatches) - MAX_LISTED
+    raise CheckpointError(
+        f'{len(mismatches)} of {len(init)} arrays do not fit (the file: '
+        f'{file_architecture}; the model: '
+        f'{describe_architecture(init)}): {shown}'
+        + (f'; and {more} more' if more > 0 else ''))
   return unflatten(out)
 
 
-def load_pretrained(path: str, init_params: PyTree, model=None,
-                    image_size: Optional[Sequence[int]] = None) -> PyTree:
-  """Reads `path` and fits it to `init_params` (see `merge`).
+# How many mismatching keys an error lists before saying how many more.
+MAX_LISTED = 3
 
-  Args:
-    path: an official-layout `.npz` file.
-    init_params: parameters of the target model.
-    model: the target model; with `image_size` it gives the token grid, which
-      is needed only for non-square grids.
-    image_size: (height, width) the model will run at.
-  """
-  grid = None
-  if model is not None and image_size is not None and hasattr(
-      model, 'patch_grid'):
-    grid = model.patch_grid(image_size)
-  return merge(init_params, load_npz(path), grid=grid)
+
+def describe_architecture(flat: dict[str, Any]) -> str:
+  """What a flat parameter dict says about its model, e.g. 'width 192,
+  12 blocks, patch 16x16, head 1000'; for the mismatch errors."""
+  parts = []
+  width = next((np.shape(flat[k])[-1] for k in
+                ('cls', 'embedding/bias', 'stem/bias', 'encoder_norm/bias')
+                if k in flat), None)
+  if width is None:
+    width = next((np.shape(v)[-1] for k, v in flat.items()
+                  if k.endswith('encoder_norm/bias')), None)
+  if width is not None:
+    parts.append(f'width {width}')
+  blocks = {m.group(0) for k in flat
+            for m in [re.search(r'(encoderblock|MixerBlock)_\d+', k)] if m}
+  if blocks:
+    parts.append(f'{len(blocks)} blocks')
+  for k in ('embedding/kernel', 'stem/kernel'):
+    if k in flat and len(np.shape(flat[k])) == 4:
+      ph, pw = np.shape(flat[k])[:2]
+      parts.append(f'patch {ph}x{pw}')
+      break
+  if 'head/kernel' in flat:
+    parts.append(f'head {np.shape(flat["head/kernel"])[-1]}')
+  return ', '.join(parts) or 'no recognizable layout'
 
 
 def inspect(path: str, out=sys.stdout) -> None:

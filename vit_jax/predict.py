@@ -17,8 +17,10 @@ column is the name (e.g. `index<TAB>wnid<TAB>name`); without it classes are
 printed as `class_<index>`. With `--json` each image is one line:
 `{"image": PATH, "top5": [[class_index, label, probability], ...]}`.
 
-Errors (missing file, unreadable image, a checkpoint that does not fit the
-model, an unknown model name) print one line and exit with status 1.
+Errors (missing file, a checkpoint that is truncated, holds NaN/Inf or does
+not fit the model, an unknown model name) print one line and exit with
+status 1. An unreadable image is named in one line on stderr and the other
+images are still classified; the exit status is then 1.
 """
 
 import argparse
@@ -51,30 +53,25 @@ def read_labels(path: Optional[str], num_classes: int) -> list[str]:
 
 
 def load_classifier(model_name: str, checkpoint_path: str, resolution: int):
-  """Builds the model and loads the checkpoint; returns (apply_fn, classes)."""
+  """Builds the model and loads the checkpoint (`vit_jax.pretrained`);
+  returns (probs_fn: images [B, R, R, 3] -> [B, classes], classes)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  from vit_jax import pretrained  # pylint: disable=g-import-not-at-top
 
   try:
-    restored = checkpoint.load_npz(checkpoint_path)
-    if 'head' not in restored:
+    restored = pretrained.read(checkpoint_path)
+    if restored.num_classes is None:
       raise PredictError(f'{checkpoint_path} has no classification head')
-    num_classes = int(np.shape(restored['head']['bias'])[-1])
-    model = models.get_model(model_name, num_classes=num_classes)
-    shape = (1, resolution, resolution, 3)
-    init = jax.jit(model.init)(jax.random.key(0), jnp.zeros(shape))['params']
-    grid = (model.patch_grid((resolution, resolution))
-            if hasattr(model, 'patch_grid') else None)
-    params = checkpoint.merge(init, restored, grid=grid)
-  except (checkpoint.CheckpointError, ValueError) as e:
+    print(f'read {restored.describe()}', file=sys.stderr)
+    model, params = pretrained.load_model(model_name, restored,
+                                          (resolution, resolution))
+  except ValueError as e:
     raise PredictError(str(e)) from e
 
   @jax.jit
   def probs(images):
     return jax.nn.softmax(model.apply({'params': params}, images), axis=-1)
-  return probs, num_classes
+  return probs, restored.num_classes
 
 
 def batched(items: Sequence[str], n: int) -> Iterator[Sequence[str]]:
@@ -83,17 +80,33 @@ def batched(items: Sequence[str], n: int) -> Iterator[Sequence[str]]:
 
 
 def predict(probs_fn, paths: Sequence[str], resolution: int, crop_pct: float,
-            batch_size: int) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields (path, class probabilities [num_classes]) per image."""
+            batch_size: int
+            ) -> Iterator[tuple[str, Optional[np.ndarray], Optional[str]]]:
+  """Yields (path, class probabilities [num_classes] or None, error or None)
+  per image, in order: an unreadable image yields its one-line error and the
+  rest of its batch is still classified."""
   for chunk in batched(paths, batch_size):
-    x = images.to_model_range(np.stack(
-        [images.load_image(p, resolution, crop_pct) for p in chunk]))
-    n = len(chunk)
-    if n < batch_size:  # pad so one compiled shape serves every batch
-      x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]),
-                                      x.dtype)])
-    p = np.asarray(probs_fn(x))[:n]
-    yield from zip(chunk, p)
+    decoded, errors = [], {}
+    for p in chunk:
+      try:
+        decoded.append(images.load_image(p, resolution, crop_pct))
+      except images.ImageError as e:
+        errors[p] = str(e)
+    ok = [p for p in chunk if p not in errors]
+    probs = {}
+    if ok:
+      x = images.to_model_range(np.stack(decoded))
+      if len(ok) < batch_size:  # pad so one compiled shape serves all
+        x = np.concatenate([x, np.zeros((batch_size - len(ok), *x.shape[1:]),
+                                        x.dtype)])
+      probs = dict(zip(ok, np.asarray(probs_fn(x))[:len(ok)]))
+    for p in chunk:
+      if p in errors:
+        yield p, None, errors[p]
+      elif not np.all(np.isfinite(probs[p])):
+        yield p, None, f'{p}: the model gave non-finite probabilities'
+      else:
+        yield p, probs[p], None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -119,12 +132,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     probs_fn, num_classes = load_classifier(args.model, args.checkpoint,
                                             args.resolution)
     labels = read_labels(args.labels, num_classes)
-    for path, p in predict(probs_fn, paths, args.resolution, args.crop_pct,
-                           args.batch_size):
-      top = np.argsort(-p)[:5]
+    failed = 0
+    for path, p, error in predict(probs_fn, paths, args.resolution,
+                                  args.crop_pct, args.batch_size):
+      if error is not None:
+        failed += 1
+        print(f'error: {error}', file=sys.stderr)
+        continue
+      top = np.argsort(-p, kind='stable')[:5]
       if args.json:
         print(json.dumps({'image': path, 'top5': [
-            [int(i), labels[i], round(float(p[i]), 6)] for i in top]}))
+            [int(i), labels[i], round(float(p[i]), 6)] for i in top]},
+                         allow_nan=False))
       else:
         print(path)
         for rank, i in enumerate(top, 1):
@@ -132,6 +151,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       sys.stdout.flush()
   except (PredictError, images.ImageError) as e:
     print(f'error: {e}', file=sys.stderr)
+    return 1
+  if failed:
+    print(f'error: {failed} of {len(paths)} images could not be classified '
+          '(named above)', file=sys.stderr)
     return 1
   return 0
 

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import checkpoint
 from vit_jax import config_lib
 from vit_jax import device_data
 from vit_jax import evaluate
@@ -39,6 +38,7 @@ from vit_jax import metrics
 from vit_jax import microbatch
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import pretrained
 from vit_jax import sharding
 from vit_jax import train_checkpoint
 
@@ -200,13 +200,8 @@ class Setup:
     metrics.log(f'initializing from {path}')
     init_host = multihost_utils.process_allgather(state.params, tiled=True)
     size = (self.config.image_size, self.config.image_size)
-    grid = (self.model.patch_grid(size)
-            if hasattr(self.model, 'patch_grid') else None)
-    if str(path).endswith('.npz'):
-      restored = checkpoint.load_npz(path)
-    else:
-      restored = train_checkpoint.load_params(path)
-    params = checkpoint.merge(init_host, restored, grid=grid)
+    params = pretrained.fit(self.model, init_host, pretrained.read(path),
+                            size)
     params = jax.tree.map(
         lambda x, s: jax.make_array_from_callback(
             x.shape, s, lambda idx, x=x: np.asarray(x)[idx]),

@@ -142,7 +142,9 @@ def test_mixer_matches_timm(ours_kw, timm_kw):
   flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
   timm_model = timm.models.MlpMixer(
       num_classes=10, img_size=size, patch_size=16, num_blocks=2,
-      embed_dim=768, mlp_ratio=(0.5, 4.0), **timm_kw)
+      embed_dim=768, mlp_ratio=(0.5, 4.0),
+      # MlpMixer takes the activation as a class, not a name
+      **{k: timm.layers.get_act_layer(v) for k, v in timm_kw.items()})
   t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
   sd = {'stem.proj.weight': t(flat['stem/kernel'].transpose(3, 2, 0, 1)),
         'stem.proj.bias': t(flat['stem/bias']),

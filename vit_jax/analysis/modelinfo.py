@@ -11,19 +11,15 @@ conv-stem ViT, Mixer); `kind` says which.
 
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-import jax
-import jax.numpy as jnp
-
-from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import pretrained
 from vit_jax.analysis import validate
 from vit_jax.models import mixer
 from vit_jax.models import resnet
 from vit_jax.models import vit
 
-PyTree = Any
 
 
 def kind(model) -> str:
@@ -80,32 +76,6 @@ def patch_size(model) -> tuple[int, int]:
   return tuple(model.total_stride())
 
 
-def head_classes(path: str) -> Optional[int]:
-  """Number of classes of a checkpoint's head, or None if it has none."""
-  flat = checkpoint.read_npz(path)
-  return flat['head/kernel'].shape[-1] if 'head/kernel' in flat else None
-
-
-def read_workdir(path: str) -> tuple[str, dict, PyTree]:
-  """(model name, model overrides, params) of a `vit_jax.main` workdir.
-
-  The model is described by the workdir's `config.json` (`model_name`,
-  `model`); the params are those of its latest Orbax checkpoint.
-  """
-  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
-  cfg_path = os.path.join(path, 'config.json')
-  if not os.path.isfile(cfg_path):
-    raise validate.AnalysisError(f'{path} is a directory without config.json;'
-                                 ' expected a vit_jax.main workdir')
-  with open(cfg_path) as f:
-    cfg = json.load(f)
-  try:
-    params = train_checkpoint.load_params(path)
-  except (FileNotFoundError, ValueError) as e:
-    raise validate.AnalysisError(f'{path}: {e}') from e
-  return cfg['model_name'], dict(cfg.get('model') or {}), params
-
-
 def read_workdir_name(path: str) -> str:
   """The model name recorded in a workdir's config.json."""
   with open(os.path.join(path, 'config.json')) as f:
@@ -138,14 +108,13 @@ def build(name: Optional[str], path: Optional[str] = None, **overrides):
 
 def load(name: Optional[str], path: Optional[str], image_size: Sequence[int],
          num_classes: Optional[int] = None, seed: int = 0, **overrides):
-  """Builds the named model and loads a checkpoint (or random-inits it).
+  """`vit_jax.pretrained.load_model`, with its errors as AnalysisError.
 
   Args:
     name: registry name, e.g. 'Ti/16', 'BiT-R26'; None with a workdir
       `path` takes the workdir's model.
-    path: an official-layout `.npz`, or a `vit_jax.main` workdir (its
-      config.json names the model, its latest checkpoint has the params);
-      None keeps the random init.
+    path: an official-layout `.npz`, or a `vit_jax.main` workdir; None keeps
+      the random init.
     image_size: (height, width) the model will see; position embeddings
       are resampled to it.
     num_classes: head width; default: the checkpoint's (1000 without one).
@@ -154,37 +123,11 @@ def load(name: Optional[str], path: Optional[str], image_size: Sequence[int],
   Returns:
     (model, params).
   """
-  restored = None
-  if path is not None and os.path.isdir(path):
-    wd_name, wd_overrides, restored = read_workdir(path)
-    name = name or wd_name
-    overrides = {**wd_overrides, **overrides}
-    if num_classes is None and 'head' in restored:
-      num_classes = restored['head']['kernel'].shape[-1]
-  elif path is not None and not os.path.isfile(path):
+  if (path is not None and '://' not in path and not os.path.isfile(path)
+      and not os.path.isdir(path)):
     raise validate.AnalysisError(f'no such checkpoint file or workdir: {path}')
-  if name is None:
-    raise validate.AnalysisError('no model name given (and no workdir)')
-  if num_classes is None:
-    num_classes = (head_classes(path) if path else None) or 1000
   try:
-    model = models.get_model(name, num_classes=num_classes, **overrides)
+    return pretrained.load_model(name, path, image_size, num_classes, seed,
+                                 **overrides)
   except ValueError as e:
     raise validate.AnalysisError(str(e)) from e
-  h, w = image_size
-  init = jax.jit(lambda k: model.init(k, jnp.zeros((1, h, w, 3)))['params'])
-  params = init(jax.random.key(seed))
-  if restored is not None:
-    try:
-      grid = model.patch_grid((h, w)) if hasattr(model, 'patch_grid') else None
-      params = checkpoint.merge(params, restored, grid=grid)
-    except (ValueError, KeyError) as e:
-      raise validate.AnalysisError(f'{path}: {e}') from e
-    params = jax.tree.map(jnp.asarray, params)
-  elif path is not None:
-    try:
-      params = checkpoint.load_pretrained(path, params, model, (h, w))
-    except (ValueError, KeyError) as e:
-      raise validate.AnalysisError(f'{path}: {e}') from e
-    params = jax.tree.map(jnp.asarray, params)
-  return model, params
