@@ -100,6 +100,8 @@ def _bad(**kw):
     (dict(mesh__tensor=3), r'8 devices are not divisible by 3'),
     (dict(data__pp_train='resize({size})'), r"unknown placeholder 'size'"),
     (dict(batch_size=0), r'config.batch_size=0 must be positive'),
+    (dict(model__mlp_activation='gelu'), r"config.model.mlp_activation="
+     r"'gelu'; allowed: gelu_tanh, gelu_erf"),
 ])
 def test_validate_errors_are_one_line(kw, match):
   with pytest.raises(ValueError, match=match) as e:
@@ -114,3 +116,15 @@ def test_unknown_model_option():
   with pytest.raises(ValueError, match=r"config.model: unknown option\(s\) "
                      r"\['depth'\] for mu/16; allowed: .*num_layers"):
     config_lib.validate(c, 8)
+
+
+def test_mlp_activation_is_recorded_and_kept_by_presets():
+  """The released checkpoints' GELU form is in every transformer config (so
+  config.json records it); a ResNet has no MLP activation."""
+  for arg in ('b16,cifar10', 'mixer_b16,cifar10', 'r26s32,cifar10'):
+    assert vit.get_config(arg).model.mlp_activation == 'gelu_tanh'
+  assert 'mlp_activation' not in vit.get_config('bit_r26,cifar10').model
+  assert cpu.get_config('digits').model.mlp_activation == 'gelu_tanh'
+  c = vit.get_config('ti16,cifar10')
+  config_lib.set_value(c, 'model.mlp_activation', 'gelu_erf')
+  config_lib.validate(c, 8)

@@ -144,6 +144,10 @@ def validate(config, num_devices: Optional[int] = None) -> None:
     raise ValueError(f'config.model: unknown option(s) {sorted(unknown)} for '
                      f'{config.model_name}; allowed: '
                      f'{", ".join(sorted(fields))}')
+  if 'mlp_activation' in config.model:
+    from vit_jax.models import gelu  # pylint: disable=g-import-not-at-top
+    _one_of('model.mlp_activation', config.model.mlp_activation,
+            tuple(gelu.ACTIVATIONS))
   _one_of('optim.name', config.optim.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', config.optim.schedule, optim.SCHEDULES)
   _one_of('optim.momentum_dtype', config.optim.momentum_dtype,
