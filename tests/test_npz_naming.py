@@ -151,3 +151,11 @@ def test_resnet_files_pass_unchanged():
       'conv_root', 'gn_root', 'block1')} == official_stem
   same, naming = npz_naming.to_released_naming(flat)
   assert naming == 'pre-linen' and same.keys() == flat.keys()
+
+
+def test_the_released_ti16_is_read_as_pre_linen(shared_data):
+  flat = checkpoint.read_npz(
+      str(shared_data / 'checkpoints' / 'ViT-Ti_16-augreg-i21k-ft-i1k-224.npz'))
+  same, naming = npz_naming.to_released_naming(flat)
+  assert naming == 'pre-linen' and same.keys() == flat.keys()
+  assert 'Transformer/encoderblock_11/MlpBlock_3/Dense_1/kernel' in same

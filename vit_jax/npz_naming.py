@@ -1,4 +1,4 @@
-"""Parameter naming of `.npz` checkpoints: the released (pre-Linen) one or Linen's.
+"""Parameter naming of `.npz` checkpoints: released (pre-Linen) or Linen.
 
 The released ViT checkpoints of google-research/vision_transformer were
 written with flax's pre-Linen module API, in which the automatically named
