@@ -1,0 +1,161 @@
+"""Linen-named `.npz` files (as the official Linen models write them) load
+into our models through `npz_naming.to_released_naming`.
+
+The fixtures linen_{vit,hybrid,mixer}_tiny.npz in tests/fixtures/official
+were written from the parameter trees of google-research/vision_transformer's
+own Linen models (tiny configs, values from `golden_inputs.random_params`),
+flattened with '/' by that repository's test utilities; linen_logits.npz has
+the official logits of each on fixed random images.
+"""
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import checkpoint
+from vit_jax import models
+from vit_jax import npz_naming
+from vit_jax.models import mixer
+from vit_jax.models import vit
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'official'
+LINEN = json.loads((FIXTURES / 'golden_cases.json').read_text())['linen']
+TOL = 1e-4
+
+_TINY = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_classes=5)
+# Our constructors for the official tiny configs (see golden_cases.json).
+OURS = {
+    'vit_tiny': lambda: vit.VisionTransformer(
+        patch_size=(8, 8), num_layers=2, representation_size=16, **_TINY),
+    'hybrid_tiny': lambda: vit.VisionTransformer(
+        patch_size=(1, 1), num_layers=1, resnet_layers=(1,), resnet_width=0.5,
+        **_TINY),
+    'mixer_tiny': lambda: mixer.MlpMixer(
+        num_classes=5, patch_size=(8, 8), hidden_dim=32, num_blocks=2,
+        tokens_mlp_dim=16, channels_mlp_dim=64),
+}
+# Mixer's names are the same in both namings (see the npz_naming doc).
+NAMING = {'vit_tiny': 'linen', 'hybrid_tiny': 'linen',
+          'mixer_tiny': 'pre-linen'}
+
+
+def linen_file(case: str) -> dict[str, np.ndarray]:
+  with np.load(FIXTURES / LINEN[case]['file']) as z:
+    return {k: z[k] for k in z.files}
+
+
+def official(case: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images [2, 32, 32, 3], official logits [2, 5])."""
+  with np.load(FIXTURES / 'linen_logits.npz') as z:
+    return z[f'{case}.images'], z[f'{case}.logits']
+
+
+def init_shapes(model):
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        jnp.zeros((1, 32, 32, 3)))['params']
+
+
+def apply(model, params, x):
+  return np.asarray(jax.jit(model.apply)({'params': params}, x))
+
+
+@pytest.mark.parametrize('case', sorted(OURS))
+def test_linen_file_gives_the_official_logits(case):
+  flat = linen_file(case)
+  converted, naming = npz_naming.to_released_naming(flat)
+  assert naming == NAMING[case]
+  model = OURS[case]()
+  params = checkpoint.merge(init_shapes(model), checkpoint.unflatten(converted))
+  x, want = official(case)
+  diff = float(np.abs(apply(model, params, x) - want).max())
+  assert diff <= TOL, f'{case}: max |logit diff| {diff:.3g}'
+
+
+@pytest.mark.parametrize('case', ['vit_tiny', 'hybrid_tiny'])
+def test_released_naming_written_by_save_npz_gives_identical_logits(
+    tmp_path, case):
+  model = OURS[case]()
+  converted, _ = npz_naming.to_released_naming(linen_file(case))
+  params = checkpoint.merge(init_shapes(model), checkpoint.unflatten(converted))
+  path = str(tmp_path / 'released.npz')
+  checkpoint.save_npz(path, params)
+  written = checkpoint.read_npz(path)
+  block = 'Transformer/encoderblock_0/'
+  assert {k.split('/')[2] for k in written if k.startswith(block)} == {
+      'LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2',
+      'MlpBlock_3'}
+  same, naming = npz_naming.to_released_naming(written)
+  assert naming == 'pre-linen' and same.keys() == written.keys()
+  x, _ = official(case)
+  reloaded = checkpoint.load_pretrained(path, init_shapes(model))
+  np.testing.assert_array_equal(apply(model, reloaded, x),
+                                apply(model, params, x))
+
+
+def _rename_block(flat, block, mapping):
+  out = {}
+  for k, v in flat.items():
+    parts = k.split('/')
+    if k.startswith(block + '/'):
+      parts[2] = mapping.get(parts[2], parts[2])
+    out['/'.join(parts)] = v
+  return out
+
+
+def test_blocks_in_both_namings_raise():
+  flat = _rename_block(linen_file('vit_tiny'), 'Transformer/encoderblock_1',
+                       npz_naming.LINEN_TO_RELEASED)
+  with pytest.raises(ValueError, match='mixed naming') as e:
+    npz_naming.to_released_naming(flat)
+  assert 'Transformer/encoderblock_0' in str(e.value)
+  assert 'Transformer/encoderblock_1' in str(e.value)
+  assert '\n' not in str(e.value)
+
+
+def test_one_block_with_both_namings_raises():
+  flat = linen_file('vit_tiny')
+  for k in list(flat):  # MlpBlock_0 and MlpBlock_3 side by side in block 0
+    if k.startswith('Transformer/encoderblock_0/MlpBlock_0/'):
+      flat[k.replace('MlpBlock_0', 'MlpBlock_3')] = flat[k]
+  with pytest.raises(ValueError, match=r'encoderblock_0: submodules .* '
+                     'neither') as e:
+    npz_naming.to_released_naming(flat)
+  assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('flat,match', [
+    ({}, 'no arrays'),
+    ({'Transformer/encoderblock/LayerNorm_0/scale': np.ones((2, 4))},
+     'stacked'),
+])
+def test_unknown_layouts_raise(flat, match):
+  with pytest.raises(ValueError, match=match):
+    npz_naming.to_released_naming(flat)
+
+
+def test_resnet_files_pass_unchanged():
+  """The official Linen hybrid's stem keys (conv_root, gn_root, block1/...)
+  are those of our ResNet classifier, and such a file is returned as is."""
+  official_stem = {k for k in LINEN['hybrid_tiny']['keys']
+                   if k.split('/')[0] in ('conv_root', 'gn_root', 'block1')}
+  resnet = models.get_model('BiT-R8', num_classes=5)
+  flat = {k: np.zeros(v.shape, v.dtype) for k, v in
+          checkpoint.flatten(init_shapes(resnet)).items()}
+  assert {k for k in flat if k.split('/')[0] in (
+      'conv_root', 'gn_root', 'block1')} == official_stem
+  same, naming = npz_naming.to_released_naming(flat)
+  assert naming == 'pre-linen' and same.keys() == flat.keys()
+
+
+def test_the_released_ti16_is_read_as_pre_linen(shared_data):
+  flat = checkpoint.read_npz(
+      str(shared_data / 'checkpoints' / 'ViT-Ti_16-augreg-i21k-ft-i1k-224.npz'))
+  same, naming = npz_naming.to_released_naming(flat)
+  assert naming == 'pre-linen' and same.keys() == flat.keys()
+  assert 'Transformer/encoderblock_11/MlpBlock_3/Dense_1/kernel' in same
