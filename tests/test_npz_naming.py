@@ -19,6 +19,7 @@ import pytest
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import npz_naming
+from vit_jax import pretrained
 from vit_jax.models import mixer
 from vit_jax.models import vit
 
@@ -93,9 +94,23 @@ def test_released_naming_written_by_save_npz_gives_identical_logits(
   same, naming = npz_naming.to_released_naming(written)
   assert naming == 'pre-linen' and same.keys() == written.keys()
   x, _ = official(case)
-  reloaded = checkpoint.load_pretrained(path, init_shapes(model))
+  reloaded = pretrained.fit(model, init_shapes(model), pretrained.read(path))
   np.testing.assert_array_equal(apply(model, reloaded, x),
                                 apply(model, params, x))
+
+
+@pytest.mark.parametrize('case', sorted(OURS))
+def test_the_reader_converts_and_says_which_naming_it_read(case):
+  """`checkpoint.read_npz` / `pretrained.read` (every loading path) take the
+  Linen file as it is, and report its naming."""
+  path = str(FIXTURES / LINEN[case]['file'])
+  restored = pretrained.read(path)
+  assert restored.naming == NAMING[case]
+  assert f'npz, {NAMING[case]} naming' in restored.describe()
+  model = OURS[case]()
+  x, want = official(case)
+  got = apply(model, pretrained.fit(model, init_shapes(model), restored), x)
+  assert float(np.abs(got - want).max()) <= TOL
 
 
 def _rename_block(flat, block, mapping):

@@ -6,8 +6,8 @@ tests/fixtures/official holds logits that google-research/vision_transformer
 the released ViT-Ti/16 at 224 and 384 px on shared ImageNet photos, and
 random-weight ViT-B/32, ViT-S/16-gap-norep, R50+ViT-B/16 and Mixer-B/16
 checkpoints written by our `save_npz`. Here the same inputs are rebuilt
-(`tests.golden_inputs`) and run through our `load_pretrained` and models, in
-float32.
+(`tests.golden_inputs`) and run through our one loading path
+(`vit_jax.pretrained`) and models, in float32.
 """
 
 import json
@@ -22,6 +22,7 @@ import pytest
 from tests import golden_inputs
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import pretrained
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'official'
 GOLDEN = json.loads((FIXTURES / 'golden_cases.json').read_text())
@@ -56,7 +57,7 @@ def our_logits(model, path: str, x: np.ndarray) -> np.ndarray:
   size = x.shape[1:3]
   init = jax.eval_shape(model.init, jax.random.key(0),
                         jnp.zeros((1, *size, 3)))['params']
-  params = checkpoint.load_pretrained(path, init, model, size)
+  params = pretrained.fit(model, init, pretrained.read(path), size)
   return np.asarray(jax.jit(model.apply)({'params': params}, x))
 
 

@@ -28,6 +28,8 @@ import flax
 import numpy as np
 import scipy.ndimage
 
+from vit_jax import npz_naming
+
 PyTree = Any
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 
@@ -105,7 +107,10 @@ def read_npz_with_naming(path: str) -> tuple[dict[str, np.ndarray], str]:
   for prefix in ('opt/target/', 'params/'):  # optimizer-state dumps
     if all(k.startswith(prefix) for k in flat):
       flat = {k[len(prefix):]: v for k, v in flat.items()}
-  return _fix_legacy(flat), 'pre-linen'
+  try:
+    return npz_naming.to_released_naming(_fix_legacy(flat))
+  except ValueError as e:
+    raise CheckpointError(f'{path}: {e}') from e
 
 
 
