@@ -1,15 +1,22 @@
-"""Masking patches inside or outside a foreground box (Ghiasi et al. 2022).
+"""An approximation for images without boxes: patches removed around a
+fixed centre box.
 
-The image is cut into square patches of `patch_px` pixels (the ViT's patch
-size, also used for the CNN so both see the same images). A patch belongs to
-the foreground when its centre lies inside the image's box; the rest is
-background. `fraction` of the patches of the chosen region are replaced by
-`fill` (0 = mid-grey in [-1, 1]), picked in a fixed random order per image so
-that larger fractions mask a superset of smaller ones and every model sees
-the same masked images.
+NOT the authors' protocol (that is `masking`: pixel-exact union of each
+image's own-class boxes, removed at full resolution, black). Here the model
+input (after resize and crop) is cut into square patches of `patch_px`
+pixels (the ViT's patch size, also used for a CNN so both see the same
+images). A patch is foreground when its centre lies inside the box, the
+rest is background. `fraction` of the patches of the region named by
+`remove` are set to `fill` (0 = mid-grey in [-1, 1]), in a fixed random
+order per image, so that larger fractions remove a superset of smaller ones
+and every model sees the same images.
 
-Boxes are (ymin, xmin, ymax, xmax) as fractions of the model input (after
-the crop); `center_box(side)` is the default when an image has none.
+Naming as in `masking`: `remove='background'` with fraction 1 leaves the
+foreground only; `remove='foreground'` with fraction 1 leaves the
+background only.
+
+Boxes are (ymin, xmin, ymax, xmax) as fractions of the model input;
+`center_box(side)` (the middle half of each side by default) when none.
 """
 
 from typing import Optional, Sequence
@@ -18,7 +25,9 @@ import numpy as np
 
 from vit_jax.analysis import validate
 
-REGIONS = ('background', 'foreground')
+REMOVABLE = ('background', 'foreground')
+LEFT_AT_FRACTION_1 = {'background': 'foreground only',
+                      'foreground': 'background only'}
 
 
 def center_box(side: float = 0.5) -> tuple[float, float, float, float]:
@@ -38,21 +47,21 @@ def region_masks(boxes: np.ndarray, grid: Sequence[int]) -> np.ndarray:
 
 
 def patch_masks(boxes: np.ndarray, grid: Sequence[int], fraction: float,
-                region: str = 'background', seed: int = 0) -> np.ndarray:
-  """Which patches to mask, bool [B, h, w].
+                remove: str = 'background', seed: int = 0) -> np.ndarray:
+  """Which patches to remove, bool [B, h, w].
 
   Args:
     boxes: [B, 4] foreground boxes (module doc).
     grid: (h, w) patches per image.
-    fraction: share of the region's patches to mask, in [0, 1]
+    fraction: share of the region's patches to remove, in [0, 1]
       (rounded to whole patches).
-    region: 'background' or 'foreground'.
+    remove: the region removed, 'background' or 'foreground'.
     seed: the random order of patches (per image: seed + image index).
   """
-  validate.choice('region', region, REGIONS)
-  validate.fraction('masked fraction', fraction)
+  validate.choice('removed region', remove, REMOVABLE)
+  validate.fraction('removed fraction', fraction)
   fg = region_masks(boxes, grid)
-  sel = fg if region == 'foreground' else ~fg
+  sel = fg if remove == 'foreground' else ~fg
   out = np.zeros_like(sel)
   for i, s in enumerate(sel.reshape(len(sel), -1)):
     idx = np.flatnonzero(s)
@@ -72,14 +81,15 @@ def apply_masks(images: np.ndarray, masks: np.ndarray,
   return np.where(full[..., None], np.asarray(fill, images.dtype), images)
 
 
-def mask_images(images: np.ndarray, fraction: float, patch_px: int,
-                region: str = 'background',
-                boxes: Optional[np.ndarray] = None, fill: float = 0.0,
-                seed: int = 0) -> np.ndarray:
-  """Masks `fraction` of the region's patches (centre box when no boxes)."""
+def remove_patches(images: np.ndarray, fraction: float, patch_px: int,
+                   remove: str = 'background',
+                   boxes: Optional[np.ndarray] = None, fill: float = 0.0,
+                   seed: int = 0) -> np.ndarray:
+  """images [B, H, W, 3] in [-1, 1] with `fraction` of the `remove`
+  region's patches set to `fill` (centre box when no boxes)."""
   b, h, w = images.shape[:3]
   if boxes is None:
     boxes = np.tile(center_box(), (b, 1))
   grid = (h // patch_px, w // patch_px)
-  return apply_masks(images, patch_masks(boxes, grid, fraction, region, seed),
+  return apply_masks(images, patch_masks(boxes, grid, fraction, remove, seed),
                      patch_px, fill)
