@@ -157,7 +157,7 @@ def boxed(tmp_path_factory):
   return root
 
 
-def test_masking_with_boxes_end_to_end(boxed, tmp_path, capsys):
+def test_masking_with_boxes_end_to_end(boxed, tmp_path, capsys, fast_compile):
   rc, _ = _run(['masking', '--out', str(tmp_path), *MU, '--num_classes', '2',
                 '--boxes', str(boxed / 'boxes'), '--images',
                 str(boxed / 'img'), '--synsets', str(boxed / 'synsets.txt'),
@@ -181,7 +181,8 @@ def test_masking_with_boxes_end_to_end(boxed, tmp_path, capsys):
     assert (tmp_path / f).stat().st_size > 1000
 
 
-def test_masking_box_outside_the_image_is_one_line(boxed, tmp_path, capsys):
+def test_masking_box_outside_the_image_is_one_line(boxed, tmp_path, capsys,
+                                                   fast_compile):
   (tmp_path / 'n01440764_a.xml').write_text(
       '<annotation><object><name>n01440764</name><bndbox><xmin>1</xmin>'
       '<ymin>1</ymin><xmax>49</xmax><ymax>40</ymax></bndbox></object>'
