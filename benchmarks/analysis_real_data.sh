@@ -22,13 +22,14 @@ imagenet() {
   $A spatial --out $OUT/spatial --checkpoint $CK --kind block --index 5 \
     --images $S/n02099601_golden_retriever.JPEG $S/n04037443_racer.JPEG
   $A lowpass --out $O --checkpoint $CK --fractions 1,0.3,0.1,0.05,0.02
+  $A masking --out $OUT/boxes --checkpoint $CK --boxes tests/fixtures/boxes
   for R in background foreground; do
-    $A masking --out $O --checkpoint $CK --region $R \
-      --fractions 0.25,0.5,0.75,1
+    $A masking --protocol center_box_patches --out $O --checkpoint $CK \
+      --remove $R --fractions 0.25,0.5,0.75,1
   done
   $A compare --out $O --name masking_compare \
     --title 'ViT-Ti/16, 1000 ImageNet photos, centre box' \
-    $O/masking_background.json $O/masking_foreground.json
+    $O/masking_center_box_patches_{background,foreground}_removed.json
   $A cls --out $O --checkpoint $CK --layers 0,11
   $A cls --out $O/cls_curve --checkpoint $CK --layers 1,2,4,6,8,10 --limit 200
 }
@@ -55,7 +56,8 @@ cifar() {
       --resolution 32 --data cifar10:test --limit 2000 --batch_size 500 \
       --label $M \
       --fractions 1,0.5,0.3,0.2,0.1
-    $A masking --out $OUT/cifar_mask_$M --checkpoint $OUT/cifar_$M \
+    $A masking --protocol center_box_patches --out $OUT/cifar_mask_$M \
+      --checkpoint $OUT/cifar_$M \
       --resolution 32 --data cifar10:test --limit 2000 --batch_size 500 \
       --label $M \
       --patch_px 4 --fractions 0,0.25,0.5,0.75,1
@@ -65,7 +67,7 @@ cifar() {
     $OUT/cifar_lp_{vit_c4,bit_r8}/lowpass.json
   $A compare --out $OUT/cifar_compare --name masking_background --relative \
     --title 'CIFAR-10 test: ViT vs ResNet, background masked' \
-    $OUT/cifar_mask_{vit_c4,bit_r8}/masking_background.json
+    $OUT/cifar_mask_{vit_c4,bit_r8}/masking_center_box_patches_background_removed.json
 }
 
 # Small palette PNG copies (<= 200 KB) for the docs.
@@ -86,6 +88,8 @@ pick = {
     'locality.png': 'spatial/locality.png',
     'imagenet_lowpass.png': 'imagenet/lowpass.png',
     'imagenet_masking.png': 'imagenet/masking_compare.png',
+    'imagenet_boxes_examples.png': 'boxes/masking_examples.png',
+    'imagenet_boxes_top1.png': 'boxes/masking_top1.png',
     'cifar_lowpass.png': 'cifar_compare/lowpass.png',
     'cifar_masking.png': 'cifar_compare/masking_background.png',
 }

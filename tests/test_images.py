@@ -66,3 +66,14 @@ def test_default_eval_preprocessing_resizes_to_248_for_224(tmp_path):
     ref = np.asarray(im.resize((331, 248), Image.BICUBIC)
                      .crop((53, 12, 277, 236)))
   np.testing.assert_array_equal(out, ref)
+
+
+def test_preprocess_of_an_array_or_pil_image_is_load_image(tmp_path):
+  """The hook the masking probe uses: same resize + crop as load_image."""
+  p = write(tmp_path / 'a.png', 301, 203)
+  arr = np.asarray(Image.open(p).convert('RGB'))
+  want = images.load_image(p, resolution=64)
+  np.testing.assert_array_equal(images.preprocess(arr, 64), want)
+  np.testing.assert_array_equal(
+      images.preprocess(Image.fromarray(arr), 64), want)
+  np.testing.assert_array_equal(images.open_rgb(p), arr)

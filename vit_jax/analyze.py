@@ -11,7 +11,9 @@ Subcommands (each writes `DIR/<subcommand>.json` and PNGs into DIR):
   spatial     a feature's map per block and its locality (--images ...)
   cls         top-1 with the class token inserted late (--data ...)
   lowpass     top-1 vs Fourier low-pass cut-off (--data ...)
-  masking     top-1 vs share of background / foreground patches masked
+  masking     top-1 on original / background only / foreground only
+              (--boxes own-class object boxes; --protocol
+              center_box_patches: an approximation without boxes)
   compare     curves of several lowpass / masking JSONs in one figure
 
 `--data` is `imagenet_samples` (the 1,000 real photos of the shared data
@@ -33,6 +35,8 @@ import numpy as np
 from PIL import Image
 
 from vit_jax.analysis import attention
+from vit_jax.analysis import boxes
+from vit_jax.analysis import center_box_patches
 from vit_jax.analysis import cls_insertion
 from vit_jax.analysis import data
 from vit_jax.analysis import embeddings
@@ -339,20 +343,124 @@ def cmd_lowpass(args) -> dict:
 
 
 def cmd_masking(args) -> dict:
-  validate.choice('region', args.region, masking.REGIONS)
-  fr = [validate.fraction('masked fraction', f)
-        for f in _floats(args.fractions)]
-  boxes = None  # the centre box; per-image boxes: masking.mask_images
+  validate.choice('protocol', args.protocol, masking.PROTOCOLS)
+  if args.protocol == 'center_box_patches':
+    return _masking_center_box_patches(args)
+  for flag in ('fractions', 'remove', 'patch_px'):
+    if getattr(args, flag) is not None:
+      raise _error(f'--{flag} belongs to --protocol center_box_patches, not '
+                   '--protocol boxes')
+  if not args.boxes:
+    raise _error('--protocol boxes needs --boxes (a folder of PASCAL-VOC / '
+                 'ILSVRC .xml, or one .xml, .json or .csv)')
+  annotations = boxes.read(args.boxes)
+  shared = data.shared_data_dir()
+  paths = data.list_images(args.images or [str(shared / 'imagenet_samples')])
+  synsets = boxes.synset_indices(
+      args.synsets or str(shared / 'imagenet_labels' / 'imagenet_synsets.txt'))
+  samples, skipped = masking.match(paths, annotations, synsets)
+  samples = samples[:args.limit or None]
+  if not samples:
+    raise _error(f'no image of --images has own-class boxes in {args.boxes} '
+                 f'({len(paths)} images, {skipped["no_annotation"]} without '
+                 'an annotation; matched by file name without extension)')
+  r = args.resolution
+  model, params = _load_model(args, (r, r))
+  ev = evaluation.Evaluator(model, params, args.batch_size)
+  correct, per_image, examples = _masking_evaluate(ev, samples, args)
+  top1 = {c: round(100 * float(np.mean(v)), 2) for c, v in correct[1].items()}
+  top5 = {c: round(100 * float(np.mean(v)), 2) for c, v in correct[5].items()}
+  desc = f'{len(samples)} images with own-class boxes'
+  files = [_masking_examples(examples, os.path.join(
+      args.out, 'masking_examples.png'), f'{args.model}: removed pixels '
+                            'black, before resize and crop'),
+           figures.bars([masking.TITLES[c] for c in masking.CONDITIONS],
+                        {'top-1': list(top1.values()),
+                         'top-5': list(top5.values())},
+                        os.path.join(args.out, 'masking_top1.png'),
+                        title=f'{args.model}, {desc}')]
+  return {'protocol': 'boxes', 'boxes': args.boxes, 'images': len(samples),
+          'skipped': skipped, 'fill': '0 (black; -1 in [-1, 1])',
+          'top1': top1, 'top5': top5, 'boxes_clipped': sum(
+              p['boxes_clipped'] for p in per_image),
+          'conditions': {c: masking.TITLES[c].replace('\n', ' ')
+                         for c in masking.CONDITIONS},
+          'per_image': per_image, 'figures': files}
+
+
+def _masking_evaluate(ev, samples, args):
+  """Top-1 / top-5 hits per condition, per-image records, examples."""
+  labels = np.asarray([s.label for s in samples])
+  correct = {k: {c: [] for c in masking.CONDITIONS} for k in (1, 5)}
+  per_image, examples = [], []
+  for i in range(0, len(samples), args.batch_size):
+    chunk = samples[i:i + args.batch_size]
+    loaded = [masking.load(s, args.resolution, resize=args.resize,
+                           clip=args.clip_boxes) for s in chunk]
+    inputs = np.stack([x for x, _ in loaded])  # [n, 3, R, R, 3]
+    preds = []
+    for j, c in enumerate(masking.CONDITIONS):
+      logits = ev.logits(inputs[:, j])
+      for k in (1, 5):
+        correct[k][c] += masking.topk_correct(
+            logits, labels[i:i + len(chunk)], k).tolist()
+      preds.append(logits.argmax(-1))
+    for s, (x, info), p in zip(chunk, loaded, np.stack(preds, 1)):
+      per_image.append({
+          'image': os.path.basename(s.path), 'wnid': s.wnid,
+          'label': s.label, 'own_class_boxes': len(s.boxes),
+          'foreground_share': round(info['foreground_share'], 4),
+          'boxes_clipped': info['boxes_clipped'],
+          'predicted': dict(zip(masking.CONDITIONS, p.tolist()))})
+      if len(examples) < args.examples:
+        examples.append((s, x, p))
+    print(f'  masking: {len(per_image)}/{len(samples)} images',
+          file=sys.stderr, flush=True)
+  return correct, per_image, examples
+
+
+def _masking_examples(examples, path: str, title: str) -> str:
+  """Rows of (original, background only, foreground only) with titles."""
+  imgs, cells = [], []
+  for s, x, pred in examples:
+    name = os.path.splitext(os.path.basename(s.path))[0]
+    imgs.append(x.astype(np.float32) / 255)
+    cells.append([f'{name}: top-1 {"right" if p == s.label else "wrong"}'
+                  for p in pred])
+  return figures.image_table(imgs, path, [masking.TITLES[c] for c in
+                                          masking.CONDITIONS], cells,
+                             title=title)
+
+
+def _masking_center_box_patches(args) -> dict:
+  if args.boxes:
+    raise _error('--boxes belongs to --protocol boxes; center_box_patches '
+                 'uses a fixed centre box')
+  remove = validate.choice('removed region', args.remove or 'background',
+                           center_box_patches.REMOVABLE)
+  fr = [validate.fraction('removed fraction', f)
+        for f in _floats(args.fractions or '0,0.25,0.5,0.75,1')]
 
   def transform_for(f, model):
     px = args.patch_px or modelinfo.patch_size(model)[0]
-    return lambda x: masking.mask_images(x, f, px, args.region, boxes,
-                                         seed=args.seed)
-  out = _curve(args, f'masking_{args.region}', fr, transform_for,
-               "fraction of the region's patches masked")
-  out['region'] = args.region
-  out['center_box_side'] = 0.5
+    return lambda x: center_box_patches.remove_patches(x, f, px, remove,
+                                                       seed=args.seed)
+  out = _curve(args, _json_name(args), fr, transform_for,
+               f'fraction of the {remove} patches removed')
+  out.update({'protocol': 'center_box_patches', 'removed': remove,
+              'left_at_fraction_1':
+                  center_box_patches.LEFT_AT_FRACTION_1[remove],
+              'center_box_side': 0.5, 'fill': '0 (mid-grey in [-1, 1])'})
   return out
+
+
+def _json_name(args) -> str:
+  """`DIR/<name>.json` of a subcommand's result."""
+  if args.cmd == 'compare':
+    return args.name
+  if args.cmd == 'masking' and args.protocol == 'center_box_patches':
+    return f'masking_center_box_patches_{args.remove or "background"}_removed'
+  return args.cmd
 
 
 def cmd_compare(args) -> dict:
@@ -361,14 +469,15 @@ def cmd_compare(args) -> dict:
     if not os.path.isfile(p):
       raise _error(f'no such result file: {p}')
     r = json.load(open(p))
-    if 'top1' not in r:
-      raise _error(f'{p} is not a lowpass / masking result (no "top1")')
+    if 'x' not in r or 'top1' not in r:
+      raise _error(f'{p} is not a lowpass / center_box_patches masking '
+                   'result (no "x" and "top1" curve)')
     if xs is not None and r['x'] != xs:
       raise _error(f'{p}: x values {r["x"]} differ from {xs}')
     xs = r['x']
     label = r.get('label') or r['model']
-    if 'region' in r:
-      label += f', {r["region"]} masked'
+    if 'removed' in r:
+      label += f', {r["removed"]} patches removed'
     ys[label] = r['top1']
   out = {'x': xs, 'top1': ys}
   ylabel = 'top-1 (%)'
@@ -449,11 +558,33 @@ def parser() -> argparse.ArgumentParser:
                  help='insertion blocks (default 0 and L-1)')
   s = common('lowpass', 'top-1 vs low-pass cut-off', data=True)
   s.add_argument('--fractions', default='1,0.5,0.3,0.2,0.1,0.05,0.02')
-  s = common('masking', 'top-1 vs patches masked', data=True)
-  s.add_argument('--region', default='background')
-  s.add_argument('--fractions', default='0,0.25,0.5,0.75,1')
+  s = common('masking', 'original / background only / foreground only',
+             data=True)
+  s.add_argument('--protocol', default='boxes',
+                 help='boxes (own-class boxes, pixel-exact, black) | '
+                 'center_box_patches (approximation without boxes)')
+  s.add_argument('--boxes', default=None,
+                 help='boxes: folder of .xml, or one .xml / .json / .csv')
+  s.add_argument('--images', nargs='+', default=None,
+                 help='boxes: image files or folders (default: the shared '
+                 'imagenet_samples)')
+  s.add_argument('--synsets', default=None,
+                 help='boxes: wnid per line in class order (default: the '
+                 'shared imagenet_synsets.txt)')
+  s.add_argument('--clip_boxes', action='store_true',
+                 help='boxes: clip boxes overhanging the image instead of '
+                 'failing')
+  s.add_argument('--examples', type=int, default=4,
+                 help='boxes: images drawn in masking_examples.png')
+  s.add_argument('--remove', default=None,
+                 help='center_box_patches: background (default) | '
+                 'foreground, the patches removed')
+  s.add_argument('--fractions', default=None,
+                 help='center_box_patches: shares removed '
+                 '(default 0,0.25,0.5,0.75,1)')
   s.add_argument('--patch_px', type=int, default=None,
-                 help='mask patch size (default: the model\'s patch)')
+                 help='center_box_patches: patch size (default: the '
+                 'model\'s patch)')
   s = sub.add_parser('compare', help='curves of several result JSONs')
   s.add_argument('--out', required=True)
   s.add_argument('--name', default='compare')
@@ -483,11 +614,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   result.setdefault('seconds_total', round(time.time() - t0, 1))
   if args.cmd != 'compare':
     result.update({k: v for k, v in _meta(args).items() if k not in result})
-  name = {'masking': f'masking_{getattr(args, "region", "")}'}.get(args.cmd,
-                                                                  args.cmd)
-  if args.cmd == 'compare':
-    name = args.name
-  path = os.path.join(args.out, f'{name}.json')
+  path = os.path.join(args.out, f'{_json_name(args)}.json')
   _write_json(path, result)
   print(f'wrote {path}')
   for f in result.get('figures', []):

@@ -53,6 +53,15 @@ def list_images(paths: Sequence[str]) -> list[str]:
   return out
 
 
+def open_rgb(path: str) -> Image.Image:
+  """Decodes an image file to RGB at its full resolution."""
+  try:
+    with Image.open(path) as im:
+      return im.convert('RGB')
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageError(f'cannot read image {path}: {e}') from e
+
+
 def load_image(path: str, resolution: int = 224, crop_pct: float = CROP_PCT,
                resize: Optional[int] = None) -> np.ndarray:
   """Eval preprocessing (module doc) -> uint8 [resolution, resolution, 3].
@@ -62,11 +71,17 @@ def load_image(path: str, resolution: int = 224, crop_pct: float = CROP_PCT,
   """
   if not 0 < crop_pct <= 1:
     raise ImageError(f'crop_pct={crop_pct} must be in (0, 1]')
-  try:
-    with Image.open(path) as im:
-      im = im.convert('RGB')
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ImageError(f'cannot read image {path}: {e}') from e
+  return preprocess(open_rgb(path), resolution, crop_pct, resize)
+
+
+def preprocess(image, resolution: int = 224, crop_pct: float = CROP_PCT,
+               resize: Optional[int] = None) -> np.ndarray:
+  """`load_image`'s resize + center crop of an RGB PIL image or a uint8
+  array [H, W, 3] at full resolution -> uint8 [resolution, resolution, 3]."""
+  if not 0 < crop_pct <= 1:
+    raise ImageError(f'crop_pct={crop_pct} must be in (0, 1]')
+  im = image if isinstance(image, Image.Image) else Image.fromarray(
+      np.asarray(image, np.uint8))
   if im.size == (resolution, resolution):
     return np.asarray(im, np.uint8)
   scale = (resize or resize_size(resolution, crop_pct)) / min(im.size)

@@ -53,19 +53,31 @@ def test_embeddings(tmp_path, capsys):
 
 def test_lowpass_masking_and_compare(folder, tmp_path, capsys):
   for cmd, extra in (('lowpass', ['--fractions', '1,0.1']),
-                     ('masking', ['--fractions', '0,1'])):
+                     ('masking', ['--protocol', 'center_box_patches',
+                                  '--fractions', '0,1'])):
     rc, _ = _run([cmd, '--out', str(tmp_path), *MU, '--num_classes', '2',
                   '--data', str(folder), '--batch_size', '4', *extra], capsys)
     assert rc == 0
   low = json.loads((tmp_path / 'lowpass.json').read_text())
-  mask = json.loads((tmp_path / 'masking_background.json').read_text())
+  mask = json.loads((tmp_path / 'masking_center_box_patches_background_'
+                     'removed.json').read_text())
+  assert mask['removed'] == 'background'
+  assert mask['left_at_fraction_1'] == 'foreground only'
   assert low['x'] == [1.0, 0.1] and len(low['top1']) == 2
   # fraction 0 masks nothing and low-pass 1 filters nothing: same accuracy
   assert mask['top1'][0] == low['top1'][0]
+  rc, _ = _run(['masking', '--out', str(tmp_path), *MU, '--num_classes', '2',
+                '--data', str(folder), '--batch_size', '4', '--protocol',
+                'center_box_patches', '--remove', 'foreground',
+                '--fractions', '0,1'], capsys)
+  assert rc == 0
   rc, _ = _run(['compare', '--out', str(tmp_path), '--name', 'both',
-                str(tmp_path / 'lowpass.json'),
-                str(tmp_path / 'lowpass.json')], capsys)
+                *(str(tmp_path / f'masking_center_box_patches_{r}_removed.json')
+                  for r in ('background', 'foreground'))], capsys)
   assert rc == 0 and (tmp_path / 'both.png').exists()
+  both = json.loads((tmp_path / 'both.json').read_text())
+  assert list(both['top1']) == ['mu/16, background patches removed',
+                                'mu/16, foreground patches removed']
 
 
 def test_featvis_and_spatial(folder, tmp_path, capsys):
@@ -102,13 +114,88 @@ def test_featvis_and_spatial(folder, tmp_path, capsys):
      'layer 3 is out of range: allowed 0..1'),
     (['lowpass', '--fractions', '2', '--data', 'FOLDER'],
      'cut-off 2.0 is out of range: allowed 0.0..1.0'),
-    (['masking', '--region', 'sky', '--data', 'FOLDER'],
-     "region 'sky' is not known: allowed background, foreground"),
+    (['masking', '--protocol', 'center_box_patches', '--remove', 'sky',
+      '--data', 'FOLDER'],
+     "removed region 'sky' is not known: allowed background, foreground"),
+    (['masking', '--protocol', 'boxes_please'],
+     "protocol 'boxes_please' is not known: allowed boxes, "
+     'center_box_patches'),
+    (['masking', '--images', 'FOLDER'], '--protocol boxes needs --boxes'),
+    (['masking', '--boxes', 'BOXES', '--fractions', '0,1'],
+     '--fractions belongs to --protocol center_box_patches'),
+    (['masking', '--protocol', 'center_box_patches', '--boxes', 'BOXES'],
+     '--boxes belongs to --protocol boxes'),
 ])
 def test_bad_input_is_one_line(argv, message, folder, tmp_path, capsys):
   argv = [a.replace('IMG', str(folder / 'cat' / '0.png')).replace(
-      'FOLDER', str(folder)) for a in argv]
+      'FOLDER', str(folder)).replace('BOXES', str(tmp_path)) for a in argv]
   rc, err = _run([argv[0], '--out', str(tmp_path), *MU, *argv[1:]], capsys)
   assert rc == 1
   assert len(err) == 1 and err[0].startswith('error: ')
   assert message in err[0]
+
+
+@pytest.fixture(scope='module')
+def boxed(tmp_path_factory):
+  """Two 48x40 photos named by wnid, their XML boxes and a synsets file."""
+  root = tmp_path_factory.mktemp('boxed')
+  rng = np.random.default_rng(1)
+  (root / 'img').mkdir()
+  for name in ('n01440764_a', 'n01443537_b', 'n01443537_nobox'):
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(
+        root / 'img' / f'{name}.png')
+  (root / 'synsets.txt').write_text('n01440764\nn01443537\n')
+  (root / 'boxes').mkdir()
+  for name, wnid, box in (('n01440764_a', 'n01440764', '1 1 48 40'),
+                          ('n01443537_b', 'n01443537', '5 6 20 30')):
+    x0, y0, x1, y1 = box.split()
+    (root / 'boxes' / f'{name}.xml').write_text(
+        f'<annotation><filename>{name}.png</filename><size><width>48'
+        f'</width><height>40</height></size><object><name>{wnid}</name>'
+        f'<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>'
+        f'<ymax>{y1}</ymax></bndbox></object></annotation>')
+  return root
+
+
+def test_masking_with_boxes_end_to_end(boxed, tmp_path, capsys, fast_compile):
+  rc, _ = _run(['masking', '--out', str(tmp_path), *MU, '--num_classes', '2',
+                '--boxes', str(boxed / 'boxes'), '--images',
+                str(boxed / 'img'), '--synsets', str(boxed / 'synsets.txt'),
+                '--batch_size', '2'], capsys)
+  assert rc == 0
+  res = json.loads((tmp_path / 'masking.json').read_text())
+  assert res['protocol'] == 'boxes' and res['images'] == 2
+  assert res['skipped'] == {'no_annotation': 1, 'no_own_class_box': 0}
+  assert set(res['top1']) == {'original', 'background_only',
+                              'foreground_only'}
+  assert all(v == 100.0 for v in res['top5'].values())  # 2 classes
+  whole, part = res['per_image']
+  assert (whole['image'], whole['label'], part['label']) == (
+      'n01440764_a.png', 0, 1)
+  # a box of the whole image: foreground only is the original image
+  assert whole['foreground_share'] == 1.0
+  assert whole['predicted']['foreground_only'] == whole['predicted'][
+      'original']
+  assert part['foreground_share'] == round(16 * 25 / (48 * 40), 4)
+  for f in ('masking_examples.png', 'masking_top1.png'):
+    assert (tmp_path / f).stat().st_size > 1000
+
+
+def test_masking_box_outside_the_image_is_one_line(boxed, tmp_path, capsys,
+                                                   fast_compile):
+  (tmp_path / 'n01440764_a.xml').write_text(
+      '<annotation><object><name>n01440764</name><bndbox><xmin>1</xmin>'
+      '<ymin>1</ymin><xmax>49</xmax><ymax>40</ymax></bndbox></object>'
+      '</annotation>')
+  argv = ['masking', '--out', str(tmp_path), *MU, '--num_classes', '2',
+          '--boxes', str(tmp_path / 'n01440764_a.xml'), '--images',
+          str(boxed / 'img'), '--synsets', str(boxed / 'synsets.txt')]
+  rc, err = _run(argv, capsys)
+  assert rc == 1 and len(err) == 1
+  assert 'n01440764_a.xml object 0: box n01440764' in err[0]
+  assert 'lies outside the image' in err[0] and '48x40' in err[0]
+  rc, _ = _run(argv + ['--clip_boxes'], capsys)
+  assert rc == 0
+  res = json.loads((tmp_path / 'masking.json').read_text())
+  assert res['boxes_clipped'] == 1 and res['images'] == 1
+  assert res['per_image'][0]['foreground_share'] == 1.0  # clipped to 48x40

@@ -9,7 +9,9 @@ out), drawing lives in `figures`, and `vit_jax.analyze` is the CLI.
   spatial        a feature's map over the patch grid per layer; its locality
   cls_insertion  top-1 with the class token inserted late
   frequency      Fourier low-pass filter of images
-  masking        masking patches inside / outside a foreground box
+  masking        background only / foreground only from own-class boxes
+  boxes          reading object boxes (PASCAL-VOC / ILSVRC XML, JSON, CSV)
+  center_box_patches  patches removed around a centre box (no boxes)
   evaluation     batched top-1 of a model under an image transform
   data           reading the real photos / image folders, eval preprocessing
   modelinfo      loading a model + checkpoint; layer counts, prefix tokens

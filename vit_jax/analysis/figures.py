@@ -166,6 +166,50 @@ def curves(x, ys: dict, path: str, xlabel: str, ylabel: str = 'top-1 (%)',
   return _save(fig, path)
 
 
+def image_table(images01, path: str, col_titles: Sequence[str],
+                cell_titles: Sequence[Sequence[str]], size: float = 2.2,
+                title: str = '') -> str:
+  """Images [rows, cols, H, W, 3] in [0, 1]: column headers on top, one
+  line under each image."""
+  rows, cols = len(images01), len(col_titles)
+  fig, axes = plt.subplots(rows, cols, figsize=(size * cols,
+                                                (size + 0.3) * rows + 0.5),
+                           squeeze=False)
+  for i in range(rows):
+    for j in range(cols):
+      ax = axes[i, j]
+      ax.imshow(np.clip(images01[i][j], 0, 1))
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_xlabel(cell_titles[i][j], fontsize=7)
+      if i == 0:
+        ax.set_title(col_titles[j], fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def bars(groups: Sequence[str], values: dict, path: str,
+         ylabel: str = 'accuracy (%)', title: str = '') -> str:
+  """Grouped bar chart: values = {series: [len(groups)]}, numbers on top."""
+  fig, ax = plt.subplots(figsize=(1.9 * len(groups) + 1.2, 3.4))
+  x = np.arange(len(groups))
+  width = 0.8 / max(len(values), 1)
+  for k, (label, ys) in enumerate(values.items()):
+    pos = x + (k - (len(values) - 1) / 2) * width
+    rects = ax.bar(pos, ys, width, label=label)
+    ax.bar_label(rects, fmt='%.1f', fontsize=8, padding=1)
+  ax.set_xticks(x, groups, fontsize=8)
+  ax.set_ylabel(ylabel)
+  ax.set_ylim(0, 118)
+  ax.set_yticks(range(0, 101, 20))
+  ax.set_title(title, fontsize=9)
+  ax.grid(axis='y', alpha=0.3)
+  ax.legend(fontsize=8, loc='upper center', ncol=len(values), frameon=False)
+  return _save(fig, path)
+
+
 def spatial(image, maps, locality, path: str, title: str = '') -> str:
   """A feature's map per block [L, h, w] on the image, with its locality."""
   maps = np.asarray(maps)

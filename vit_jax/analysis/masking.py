@@ -1,85 +1,144 @@
-"""Masking patches inside or outside a foreground box (Ghiasi et al. 2022).
+"""Background / foreground inputs from object boxes (Ghiasi et al. 2022).
 
-The image is cut into square patches of `patch_px` pixels (the ViT's patch
-size, also used for the CNN so both see the same images). A patch belongs to
-the foreground when its centre lies inside the image's box; the rest is
-background. `fraction` of the patches of the chosen region are replaced by
-`fill` (0 = mid-grey in [-1, 1]), picked in a fixed random order per image so
-that larger fractions mask a superset of smaller ones and every model sees
-the same masked images.
+The authors' protocol (hamidkazemi22/vit-visualization,
+`datasets/imagenet_boxes.py` and `experiments/it13/fore_back.py`): for each
+image, the foreground is the union of the image's own-class boxes (see
+`boxes`), pixel-exact at the image's FULL resolution. Removed pixels are set
+to 0 (black; -1 in the models' [-1, 1] range) BEFORE the eval resize and
+centre crop, which then run on all three inputs alike:
 
-Boxes are (ymin, xmin, ymax, xmax) as fractions of the model input (after
-the crop); `center_box(side)` is the default when an image has none.
+  original         the image
+  background_only  the foreground removed (the boxes black)
+  foreground_only  the background removed (all but the boxes black)
+
+Boxes are 1-based inclusive pixels (`boxes` module doc): the box
+`xmin ymin xmax ymax` removes exactly columns xmin..xmax, rows ymin..ymax.
+(The authors' loader slices `[ymin:ymax, xmin:xmax]` of the 0-based array,
+which leaves the box's first row and column; one pixel of the full-size
+image per side.)
+
+For images without boxes, `center_box_patches` is an approximation
+(patches around a fixed centre box, after the crop; mid-grey).
 """
 
+import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
 
+from vit_jax import images as image_io
+from vit_jax.analysis import boxes as box_io
 from vit_jax.analysis import validate
 
-REGIONS = ('background', 'foreground')
+CONDITIONS = ('original', 'background_only', 'foreground_only')
+TITLES = {'original': 'original',
+          'background_only': 'background only\n(foreground removed)',
+          'foreground_only': 'foreground only\n(background removed)'}
+FILL = 0  # uint8 black; -1 after scaling to [-1, 1]
+PROTOCOLS = ('boxes', 'center_box_patches')
 
 
-def center_box(side: float = 0.5) -> tuple[float, float, float, float]:
-  """A centred square box covering `side` of each dimension."""
-  lo = (1.0 - side) / 2
-  return (lo, lo, lo + side, lo + side)
+@dataclasses.dataclass
+class Sample:
+  """An image with its class and own-class boxes (not yet checked against
+  the image's size)."""
+  path: str
+  wnid: str
+  label: int
+  annotation: box_io.Annotation
+  boxes: list
 
 
-def region_masks(boxes: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-  """Foreground patches, bool [B, h, w], from boxes [B, 4] (module doc)."""
-  h, w = grid
-  cy = (np.arange(h) + 0.5) / h
-  cx = (np.arange(w) + 0.5) / w
-  b = np.asarray(boxes, np.float64)[:, :, None, None]
-  return ((cy[None, :, None] >= b[:, 0]) & (cy[None, :, None] <= b[:, 2]) &
-          (cx[None, None, :] >= b[:, 1]) & (cx[None, None, :] <= b[:, 3]))
+def union_mask(boxes: Sequence, height: int, width: int) -> np.ndarray:
+  """Foreground pixels, bool [height, width]: the union of `boxes`
+  (`boxes.Box`, 1-based inclusive, within the image)."""
+  fg = np.zeros((height, width), bool)
+  for b in boxes:
+    fg[b.slices()] = True
+  return fg
 
 
-def patch_masks(boxes: np.ndarray, grid: Sequence[int], fraction: float,
-                region: str = 'background', seed: int = 0) -> np.ndarray:
-  """Which patches to mask, bool [B, h, w].
+def remove(image: np.ndarray, foreground: np.ndarray,
+           condition: str) -> np.ndarray:
+  """uint8 image [H, W, 3] with the pixels `condition` removes set to FILL.
 
-  Args:
-    boxes: [B, 4] foreground boxes (module doc).
-    grid: (h, w) patches per image.
-    fraction: share of the region's patches to mask, in [0, 1]
-      (rounded to whole patches).
-    region: 'background' or 'foreground'.
-    seed: the random order of patches (per image: seed + image index).
+  `foreground` is bool [H, W] (`union_mask`); `condition` one of CONDITIONS.
   """
-  validate.choice('region', region, REGIONS)
-  validate.fraction('masked fraction', fraction)
-  fg = region_masks(boxes, grid)
-  sel = fg if region == 'foreground' else ~fg
-  out = np.zeros_like(sel)
-  for i, s in enumerate(sel.reshape(len(sel), -1)):
-    idx = np.flatnonzero(s)
-    order = np.random.default_rng(seed + i).permutation(len(idx))
-    k = int(round(fraction * len(idx)))
-    out.reshape(len(out), -1)[i, idx[order[:k]]] = True
+  if condition == 'original':
+    return image
+  drop = foreground if condition == 'background_only' else ~foreground
+  out = image.copy()
+  out[drop] = FILL
   return out
 
 
-def apply_masks(images: np.ndarray, masks: np.ndarray,
-                patch_px: int, fill: float = 0.0) -> np.ndarray:
-  """images [B, H, W, C] with masked patches ([B, h, w]) set to `fill`."""
-  px = np.repeat(np.repeat(masks, patch_px, axis=1), patch_px, axis=2)
-  h, w = images.shape[1:3]
-  full = np.zeros(images.shape[:3], bool)
-  full[:, :px.shape[1], :px.shape[2]] = px[:, :h, :w]
-  return np.where(full[..., None], np.asarray(fill, images.dtype), images)
+def conditions(image: np.ndarray, foreground: np.ndarray,
+               resolution: int = 224, crop_pct: float = image_io.CROP_PCT,
+               resize: Optional[int] = None) -> np.ndarray:
+  """The three inputs of one image -> uint8 [3, resolution, resolution, 3].
+
+  `image` is uint8 [H, W, 3] at full resolution, `foreground` bool [H, W];
+  removal happens first, then `vit_jax.images.preprocess` (the eval resize
+  and centre crop of `images.load_image`) on each, in CONDITIONS order.
+  """
+  return np.stack([image_io.preprocess(remove(image, foreground, c),
+                                       resolution, crop_pct, resize)
+                   for c in CONDITIONS])
 
 
-def mask_images(images: np.ndarray, fraction: float, patch_px: int,
-                region: str = 'background',
-                boxes: Optional[np.ndarray] = None, fill: float = 0.0,
-                seed: int = 0) -> np.ndarray:
-  """Masks `fraction` of the region's patches (centre box when no boxes)."""
-  b, h, w = images.shape[:3]
-  if boxes is None:
-    boxes = np.tile(center_box(), (b, 1))
-  grid = (h // patch_px, w // patch_px)
-  return apply_masks(images, patch_masks(boxes, grid, fraction, region, seed),
-                     patch_px, fill)
+def topk_correct(logits: np.ndarray, labels: np.ndarray,
+                 k: int) -> np.ndarray:
+  """bool [B]: the label is among the k largest logits [B, classes]."""
+  top = np.argsort(-np.asarray(logits), axis=-1, kind='stable')[:, :k]
+  return (top == np.asarray(labels)[:, None]).any(-1)
+
+
+def match(paths: Sequence[str], annotations: dict,
+          synsets: dict) -> tuple[list, dict]:
+  """Images that have own-class boxes -> (Samples, counts of the others).
+
+  `annotations` from `boxes.read`, `synsets` wnid -> class index
+  (`boxes.synset_indices`). An image without an annotation, or whose
+  annotation has no box of its class, is skipped and counted, as the
+  authors evaluate only images with boxes.
+  """
+  samples, skipped = [], {'no_annotation': 0, 'no_own_class_box': 0}
+  for p in paths:
+    ann = annotations.get(box_io.image_key(p))
+    if ann is None:
+      skipped['no_annotation'] += 1
+      continue
+    wnid = box_io.image_class(p)
+    own = box_io.own_class_boxes(ann, wnid)
+    if not own:
+      skipped['no_own_class_box'] += 1
+      continue
+    if wnid not in synsets:
+      raise validate.AnalysisError(
+          f'{p}: class {wnid} is not one of the model\'s classes '
+          f'({len(synsets)} wnids in the synsets file)')
+    samples.append(Sample(p, wnid, synsets[wnid], ann, own))
+  return samples, skipped
+
+
+def load(sample: Sample, resolution: int = 224,
+         crop_pct: float = image_io.CROP_PCT, resize: Optional[int] = None,
+         clip: bool = False) -> tuple[np.ndarray, dict]:
+  """(uint8 [3, resolution, resolution, 3] in CONDITIONS order, info).
+
+  info: `foreground_share`, the share of the full-size image's pixels in
+  the foreground, and `boxes_clipped`, own-class boxes that `clip` changed
+  or dropped (`boxes.check_in_image`).
+  """
+  try:
+    image = np.asarray(image_io.open_rgb(sample.path), np.uint8)
+  except image_io.ImageError as e:
+    raise validate.AnalysisError(str(e)) from e
+  h, w = image.shape[:2]
+  own = box_io.check_in_image(sample.annotation, sample.boxes, w, h,
+                              sample.path, clip)
+  fg = union_mask(own, h, w)
+  info = {'foreground_share': float(fg.mean()),
+          'boxes_clipped': len(sample.boxes) - sum(b in sample.boxes
+                                                   for b in own)}
+  return conditions(image, fg, resolution, crop_pct, resize), info
