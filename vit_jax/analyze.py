@@ -10,7 +10,8 @@ Subcommands (each writes `DIR/<subcommand>.json` and PNGs into DIR):
   featvis     activation maximization (--features mlp:1:10,block:6:3 ...)
   spatial     a feature's map per block and its locality (--images ...)
   cls         top-1 with the class token inserted late (--data ...)
-  lowpass     top-1 vs Fourier low-pass cut-off (--data ...)
+  lowpass     top-1 vs Fourier low-pass cut-off (--data ...,
+              --window circle|rectangle)
   masking     top-1 vs share of background / foreground patches masked
   compare     curves of several lowpass / masking JSONs in one figure
 
@@ -308,14 +309,16 @@ def cmd_cls(args) -> dict:
 
 
 def _curve(args, name: str, xs: Sequence[float], transform_for,
-           xlabel: str) -> dict:
-  """Top-1 for each x of a transform family; JSON rewritten after each x."""
+           xlabel: str, extra: Optional[dict] = None) -> dict:
+  """Top-1 for each x of a transform family; JSON rewritten after each x.
+
+  `extra` entries go into the JSON from the first write on."""
   r = args.resolution
   model, params = _load_model(args, (r, r))
   images, labels, desc = _dataset(args)
   ev = evaluation.Evaluator(model, params, args.batch_size)
   out = {'data': desc, 'label': args.label or args.model, 'x': [],
-         'top1': [], 'xlabel': xlabel, **_meta(args)}
+         'top1': [], 'xlabel': xlabel, **(extra or {}), **_meta(args)}
   json_path = os.path.join(args.out, f'{name}.json')
   for x in xs:
     acc = ev.top1(images, labels, transform_for(x, model),
@@ -331,11 +334,18 @@ def _curve(args, name: str, xs: Sequence[float], transform_for,
   return out
 
 
+LOWPASS_XLABEL = {
+    'circle': 'low-pass cut-off (fraction of the corner radius)',
+    'rectangle': 'low-pass cut-off (fraction of Nyquist, per axis)'}
+
+
 def cmd_lowpass(args) -> dict:
+  window = validate.choice('window', args.window, frequency.WINDOWS)
   fr = [validate.fraction('cut-off', f) for f in _floats(args.fractions)]
   return _curve(args, 'lowpass', fr,
-                lambda f, _: (lambda x: frequency.low_pass(x, f)),
-                'low-pass cut-off (fraction of max. radial frequency)')
+                lambda f, _: (lambda x: frequency.low_pass(x, f,
+                                                           window=window)),
+                LOWPASS_XLABEL[window], extra={'window': window})
 
 
 def cmd_masking(args) -> dict:
@@ -369,6 +379,8 @@ def cmd_compare(args) -> dict:
     label = r.get('label') or r['model']
     if 'region' in r:
       label += f', {r["region"]} masked'
+    if 'window' in r:
+      label += f', {r["window"]} window'
     ys[label] = r['top1']
   out = {'x': xs, 'top1': ys}
   ylabel = 'top-1 (%)'
@@ -447,8 +459,18 @@ def parser() -> argparse.ArgumentParser:
   s = common('cls', 'CLS late insertion', data=True)
   s.add_argument('--layers', default='',
                  help='insertion blocks (default 0 and L-1)')
-  s = common('lowpass', 'top-1 vs low-pass cut-off', data=True)
-  s.add_argument('--fractions', default='1,0.5,0.3,0.2,0.1,0.05,0.02')
+  s = common('lowpass', 'top-1 vs Fourier low-pass cut-off (ideal window; '
+             'the DC term always kept; real part; clipped to [-1, 1])',
+             data=True)
+  s.add_argument('--fractions', default='1,0.5,0.3,0.2,0.1,0.05,0.02',
+                 help='cut-offs in [0, 1]: 1 keeps every frequency, 0 only '
+                 'the mean colour')
+  s.add_argument('--window', default='circle',
+                 help='circle: keep radius sqrt(ky^2 + kx^2) <= fraction x '
+                 'the corner radius sqrt((H/2)^2 + (W/2)^2); rectangle: '
+                 'keep |ky| <= fraction x H/2 and |kx| <= fraction x W/2 '
+                 '(fraction of Nyquist per axis); ky, kx in cycles per '
+                 'image')
   s = common('masking', 'top-1 vs patches masked', data=True)
   s.add_argument('--region', default='background')
   s.add_argument('--fractions', default='0,0.25,0.5,0.75,1')
