@@ -409,7 +409,7 @@ def parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest='cmd', required=True)
 
   def common(name, help_, data=False, images=False):
-    s = sub.add_parser(name, help=help_)
+    s = sub.add_parser(name, help=help_, description=help_)
     s.add_argument('--out', required=True, help='output folder')
     s.add_argument('--model', default=None,
                    help='registry name (default Ti/16, or the workdir\'s)')
