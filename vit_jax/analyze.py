@@ -8,7 +8,8 @@ Subcommands (each writes `DIR/<subcommand>.json` and PNGs into DIR):
               (--images FILE_OR_DIR...)
   embeddings  position-embedding similarity, patch-embedding PCA
   featvis     activation maximization (--features mlp:1:10,block:6:3 ...)
-  spatial     a feature's map per block and its locality (--images ...)
+  spatial     each unit's top image per block and its map there; a
+              feature's locality per block (--images ...)
   cls         top-1 with the class token inserted late (--data ...)
   lowpass     top-1 vs Fourier low-pass cut-off (--data ...,
               --window circle|rectangle)
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -262,21 +264,74 @@ def cmd_spatial(args) -> dict:
   n = modelinfo.num_layers(model)
   layers = [modelinfo.check_layer(model, k) for k in
             (_ints(args.layers) if args.layers else range(n))]
+  units = _ints(args.units) if args.units else list(
+      range(args.units_per_block))
+  if not units:
+    raise validate.AnalysisError(
+        f'--units_per_block {args.units_per_block}: need at least 1 unit')
   for k in layers:
-    fv.check(model, fv.Feature(args.kind, k, args.index))
+    for u in [args.index] + units:
+      fv.check(model, fv.Feature(args.kind, k, u))
   names, imgs = _images(args)
   model, params = _load_model(args, (r, r))
+  out = {'layers': layers, 'kind': args.kind, 'index': args.index,
+         'figures': [], **_meta(args)}
+  if args.kind in spatial.TOP_KINDS:
+    out['top_images'] = _top_images(args, model, params, names, imgs, layers,
+                                    units, out['figures'])
+    _write_json(os.path.join(args.out, 'spatial.json'), out)
+  else:
+    out['top_images'] = (f'skipped: kind {args.kind!r} is not recorded per '
+                         f'block; use {" or ".join(spatial.TOP_KINDS)}')
+  m = min(args.locality_images, len(names))
+  if m:
+    _locality(args, model, params, names[:m], imgs[:m], layers, out)
+  return out
+
+
+def _top_images(args, model, params, names, imgs, layers, units,
+                files) -> dict:
+  """`spatial.top_images` over all images: figure + the JSON entry."""
+  t0 = time.time()
+  res = spatial.top_images(model, params, imgs, units, args.kind, layers,
+                           args.batch_size)
+  units = res['units']  # negative indices resolved
+  print(f'top images of {len(units)} units x {len(layers)} blocks among '
+        f'{len(names)} images in {time.time() - t0:.0f}s', file=sys.stderr)
+  # ImageNet files are named <wnid>_<name>; the figure shows <name>.
+  shown = [re.sub(r'^n\d{8}_', '', nm) for nm in names]
+  files.append(figures.top_images(
+      imgs, res['maps'], res['image'], res['mean'], layers, units, shown,
+      os.path.join(args.out, 'top_images.png'),
+      f'{args.model}: for each {args.kind} unit, the image (of '
+      f'{len(names)}) with the highest mean over patch tokens, and the '
+      "unit's map on it"))
+  per_block = []
+  for l, layer in enumerate(layers):
+    per_block.append({
+        'block': layer,
+        'distinct_images': len(set(res['image'][l].tolist())),
+        'units': [{'unit': u, 'image': names[res['image'][l, k]],
+                   'mean': round(float(res['mean'][l, k]), 4),
+                   'mean_over_images': round(float(
+                       res['means'][l, :, k].mean()), 4)}
+                  for k, u in enumerate(units)]})
+  return {'units': units, 'images_searched': len(names),
+          'per_block': per_block}
+
+
+def _locality(args, model, params, names, imgs, layers, out) -> None:
+  """Feature `--index` per block on each image, and the locality measure."""
   maps = spatial.maps(model, params, imgs, args.kind, args.index, layers)
   loc = spatial.locality(model, params, imgs, args.kind, args.index, layers,
                          per_side=args.per_side)
-  files = []
   for i, name in enumerate(names):
-    files.append(figures.spatial(
+    out['figures'].append(figures.spatial(
         imgs[i], maps[:, i], loc['own'],
         os.path.join(args.out, f'spatial_{name}.png'),
         f'{args.model} {args.kind} unit {args.index}: activation map per '
         'block; loc = own-patch share of input gradient'))
-  files.append(figures.curves(
+  out['figures'].append(figures.curves(
       layers, {'own patch': loc['own'] * 100,
                '3x3 neighbourhood': loc['neighbourhood'] * 100,
                'own patch, chance': [loc['chance_own'] * 100] * len(layers)},
@@ -284,13 +339,12 @@ def cmd_spatial(args) -> dict:
       'share of input-gradient mass (%)',
       f'{args.model}: locality of patch tokens, {args.kind} feature '
       f'{args.index}'))
-  return {'layers': layers, 'kind': args.kind, 'index': args.index,
-          'images': names,
-          'locality_own': loc['own'].round(4).tolist(),
-          'locality_neighbourhood': loc['neighbourhood'].round(4).tolist(),
-          'chance_own': loc['chance_own'],
-          'chance_neighbourhood': loc['chance_neighbourhood'],
-          'figures': files}
+  out.update({
+      'images': names,
+      'locality_own': loc['own'].round(4).tolist(),
+      'locality_neighbourhood': loc['neighbourhood'].round(4).tolist(),
+      'chance_own': loc['chance_own'],
+      'chance_neighbourhood': loc['chance_neighbourhood']})
 
 
 def cmd_cls(args) -> dict:
@@ -451,11 +505,25 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument('--noise', type=float, default=0.5)
   s.add_argument('--tv_weight', type=float, default=4e-4)
   s.add_argument('--ncols', type=int, default=4)
-  s = common('spatial', 'feature maps per block, locality', images=True)
-  s.add_argument('--kind', default='mlp')
-  s.add_argument('--index', type=int, default=0)
-  s.add_argument('--layers', default='')
-  s.add_argument('--per_side', type=int, default=3)
+  s = common('spatial', "each unit's top-activating image per block and its "
+             'map there; locality of the patch tokens', images=True)
+  s.add_argument('--kind', default='mlp',
+                 help='mlp (MLP hidden unit after the GELU) | block (output '
+                 'token channel); query | key | value for locality only')
+  s.add_argument('--layers', default='', help='blocks (default all)')
+  s.add_argument('--units_per_block', type=int, default=4,
+                 help='top images of units 0..N-1 of every block')
+  s.add_argument('--units', default='',
+                 help='explicit units instead, e.g. 3,17,42 (every block)')
+  s.add_argument('--batch_size', type=int, default=32,
+                 help='images per forward pass of the top-image search')
+  s.add_argument('--locality_images', type=int, default=2,
+                 help='the locality measure and feature --index maps on the '
+                 'first N images (input gradients: slow); 0 skips them')
+  s.add_argument('--index', type=int, default=0,
+                 help='feature of the locality measure and per-image maps')
+  s.add_argument('--per_side', type=int, default=3,
+                 help='locality: per_side^2 probed patch positions per image')
   s = common('cls', 'CLS late insertion', data=True)
   s.add_argument('--layers', default='',
                  help='insertion blocks (default 0 and L-1)')

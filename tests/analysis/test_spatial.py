@@ -2,6 +2,8 @@
 measure: against numpy over the recorded intermediates, and on the released
 ViT-Ti/16 against timm."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,3 +150,45 @@ def test_top_images_of_the_released_ti16_agree_with_timm(shared_data,
     best = a[means.argmax(axis=0), :, np.arange(len(units))]  # [K, 196]
     np.testing.assert_allclose(res['maps'][k], best.reshape(-1, 14, 14),
                                atol=2e-2)
+
+
+def test_cli_writes_the_top_images_and_their_names(tmp_path, capsys):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vit_jax import analyze  # pylint: disable=g-import-not-at-top
+  from vit_jax.analysis import data  # pylint: disable=g-import-not-at-top
+  from vit_jax.analysis import modelinfo  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  folder = tmp_path / 'imgs'
+  folder.mkdir()
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+        folder / f'n0000000{i}_photo{i}.png')
+  out = tmp_path / 'out'
+  rc = analyze.main(['spatial', '--out', str(out), '--model', 'mu/16',
+                     '--resolution', '32', '--images', str(folder),
+                     '--limit', '5', '--units', '0,5,-1', '--batch_size', '2',
+                     '--locality_images', '0'])
+  assert rc == 0
+  res = json.loads((out / 'spatial.json').read_text())
+  assert (out / 'top_images.png').stat().st_size > 5000
+  assert 'locality_own' not in res
+  top = res['top_images']
+  assert top['images_searched'] == 5 and top['units'] == [0, 5, 127]
+  # The same random init (seed 0) and images, means by numpy.
+  model, params = modelinfo.load('mu/16', None, (32, 32))
+  paths = sorted(folder.iterdir())[:5]
+  x = data.to_model(data.load_images([str(p) for p in paths], 32,
+                                     progress=False))
+  _, inter = intermediates.apply(model, params, jnp.asarray(x))
+  for l, block in enumerate(top['per_block']):
+    means = np.asarray(inter['mlp_hidden'][l])[:, 1:].mean(axis=1)
+    for entry in block['units']:
+      u = entry['unit']
+      assert entry['image'] == paths[means[:, u].argmax()].stem
+      assert entry['mean'] == pytest.approx(means[:, u].max(), abs=1e-4)
+  rc = analyze.main(['spatial', '--out', str(out), '--model', 'mu/16',
+                     '--resolution', '32', '--images', str(folder),
+                     '--units', '0,128'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 1 and err[-1].startswith('error: mlp feature index 128 is '
+                                        'out of range: allowed 0..127')
