@@ -8,9 +8,11 @@ Subcommands (each writes `DIR/<subcommand>.json` and PNGs into DIR):
               (--images FILE_OR_DIR...)
   embeddings  position-embedding similarity, patch-embedding PCA
   featvis     activation maximization (--features mlp:1:10,block:6:3 ...)
-  spatial     a feature's map per block and its locality (--images ...)
+  spatial     each unit's top image per block and its map there; a
+              feature's locality per block (--images ...)
   cls         top-1 with the class token inserted late (--data ...)
-  lowpass     top-1 vs Fourier low-pass cut-off (--data ...)
+  lowpass     top-1 vs Fourier low-pass cut-off (--data ...,
+              --window circle|rectangle)
   masking     top-1 on original / background only / foreground only
               (--boxes own-class object boxes; --protocol
               center_box_patches: an approximation without boxes)
@@ -26,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -265,21 +268,74 @@ def cmd_spatial(args) -> dict:
   n = modelinfo.num_layers(model)
   layers = [modelinfo.check_layer(model, k) for k in
             (_ints(args.layers) if args.layers else range(n))]
+  units = _ints(args.units) if args.units else list(
+      range(args.units_per_block))
+  if not units:
+    raise validate.AnalysisError(
+        f'--units_per_block {args.units_per_block}: need at least 1 unit')
   for k in layers:
-    fv.check(model, fv.Feature(args.kind, k, args.index))
+    for u in [args.index] + units:
+      fv.check(model, fv.Feature(args.kind, k, u))
   names, imgs = _images(args)
   model, params = _load_model(args, (r, r))
+  out = {'layers': layers, 'kind': args.kind, 'index': args.index,
+         'figures': [], **_meta(args)}
+  if args.kind in spatial.TOP_KINDS:
+    out['top_images'] = _top_images(args, model, params, names, imgs, layers,
+                                    units, out['figures'])
+    _write_json(os.path.join(args.out, 'spatial.json'), out)
+  else:
+    out['top_images'] = (f'skipped: kind {args.kind!r} is not recorded per '
+                         f'block; use {" or ".join(spatial.TOP_KINDS)}')
+  m = min(args.locality_images, len(names))
+  if m:
+    _locality(args, model, params, names[:m], imgs[:m], layers, out)
+  return out
+
+
+def _top_images(args, model, params, names, imgs, layers, units,
+                files) -> dict:
+  """`spatial.top_images` over all images: figure + the JSON entry."""
+  t0 = time.time()
+  res = spatial.top_images(model, params, imgs, units, args.kind, layers,
+                           args.batch_size)
+  units = res['units']  # negative indices resolved
+  print(f'top images of {len(units)} units x {len(layers)} blocks among '
+        f'{len(names)} images in {time.time() - t0:.0f}s', file=sys.stderr)
+  # ImageNet files are named <wnid>_<name>; the figure shows <name>.
+  shown = [re.sub(r'^n\d{8}_', '', nm) for nm in names]
+  files.append(figures.top_images(
+      imgs, res['maps'], res['image'], res['mean'], layers, units, shown,
+      os.path.join(args.out, 'top_images.png'),
+      f'{args.model}: for each {args.kind} unit, the image (of '
+      f'{len(names)}) with the highest mean over patch tokens, and the '
+      "unit's map on it"))
+  per_block = []
+  for l, layer in enumerate(layers):
+    per_block.append({
+        'block': layer,
+        'distinct_images': len(set(res['image'][l].tolist())),
+        'units': [{'unit': u, 'image': names[res['image'][l, k]],
+                   'mean': round(float(res['mean'][l, k]), 4),
+                   'mean_over_images': round(float(
+                       res['means'][l, :, k].mean()), 4)}
+                  for k, u in enumerate(units)]})
+  return {'units': units, 'images_searched': len(names),
+          'per_block': per_block}
+
+
+def _locality(args, model, params, names, imgs, layers, out) -> None:
+  """Feature `--index` per block on each image, and the locality measure."""
   maps = spatial.maps(model, params, imgs, args.kind, args.index, layers)
   loc = spatial.locality(model, params, imgs, args.kind, args.index, layers,
                          per_side=args.per_side)
-  files = []
   for i, name in enumerate(names):
-    files.append(figures.spatial(
+    out['figures'].append(figures.spatial(
         imgs[i], maps[:, i], loc['own'],
         os.path.join(args.out, f'spatial_{name}.png'),
         f'{args.model} {args.kind} unit {args.index}: activation map per '
         'block; loc = own-patch share of input gradient'))
-  files.append(figures.curves(
+  out['figures'].append(figures.curves(
       layers, {'own patch': loc['own'] * 100,
                '3x3 neighbourhood': loc['neighbourhood'] * 100,
                'own patch, chance': [loc['chance_own'] * 100] * len(layers)},
@@ -287,13 +343,12 @@ def cmd_spatial(args) -> dict:
       'share of input-gradient mass (%)',
       f'{args.model}: locality of patch tokens, {args.kind} feature '
       f'{args.index}'))
-  return {'layers': layers, 'kind': args.kind, 'index': args.index,
-          'images': names,
-          'locality_own': loc['own'].round(4).tolist(),
-          'locality_neighbourhood': loc['neighbourhood'].round(4).tolist(),
-          'chance_own': loc['chance_own'],
-          'chance_neighbourhood': loc['chance_neighbourhood'],
-          'figures': files}
+  out.update({
+      'images': names,
+      'locality_own': loc['own'].round(4).tolist(),
+      'locality_neighbourhood': loc['neighbourhood'].round(4).tolist(),
+      'chance_own': loc['chance_own'],
+      'chance_neighbourhood': loc['chance_neighbourhood']})
 
 
 def cmd_cls(args) -> dict:
@@ -312,14 +367,16 @@ def cmd_cls(args) -> dict:
 
 
 def _curve(args, name: str, xs: Sequence[float], transform_for,
-           xlabel: str) -> dict:
-  """Top-1 for each x of a transform family; JSON rewritten after each x."""
+           xlabel: str, extra: Optional[dict] = None) -> dict:
+  """Top-1 for each x of a transform family; JSON rewritten after each x.
+
+  `extra` entries go into the JSON from the first write on."""
   r = args.resolution
   model, params = _load_model(args, (r, r))
   images, labels, desc = _dataset(args)
   ev = evaluation.Evaluator(model, params, args.batch_size)
   out = {'data': desc, 'label': args.label or args.model, 'x': [],
-         'top1': [], 'xlabel': xlabel, **_meta(args)}
+         'top1': [], 'xlabel': xlabel, **(extra or {}), **_meta(args)}
   json_path = os.path.join(args.out, f'{name}.json')
   for x in xs:
     acc = ev.top1(images, labels, transform_for(x, model),
@@ -335,11 +392,18 @@ def _curve(args, name: str, xs: Sequence[float], transform_for,
   return out
 
 
+LOWPASS_XLABEL = {
+    'circle': 'low-pass cut-off (fraction of the corner radius)',
+    'rectangle': 'low-pass cut-off (fraction of Nyquist, per axis)'}
+
+
 def cmd_lowpass(args) -> dict:
+  window = validate.choice('window', args.window, frequency.WINDOWS)
   fr = [validate.fraction('cut-off', f) for f in _floats(args.fractions)]
   return _curve(args, 'lowpass', fr,
-                lambda f, _: (lambda x: frequency.low_pass(x, f)),
-                'low-pass cut-off (fraction of max. radial frequency)')
+                lambda f, _: (lambda x: frequency.low_pass(x, f,
+                                                           window=window)),
+                LOWPASS_XLABEL[window], extra={'window': window})
 
 
 def cmd_masking(args) -> dict:
@@ -478,6 +542,8 @@ def cmd_compare(args) -> dict:
     label = r.get('label') or r['model']
     if 'removed' in r:
       label += f', {r["removed"]} patches removed'
+    if 'window' in r:
+      label += f', {r["window"]} window'
     ys[label] = r['top1']
   out = {'x': xs, 'top1': ys}
   ylabel = 'top-1 (%)'
@@ -506,7 +572,7 @@ def parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest='cmd', required=True)
 
   def common(name, help_, data=False, images=False):
-    s = sub.add_parser(name, help=help_)
+    s = sub.add_parser(name, help=help_, description=help_)
     s.add_argument('--out', required=True, help='output folder')
     s.add_argument('--model', default=None,
                    help='registry name (default Ti/16, or the workdir\'s)')
@@ -548,16 +614,40 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument('--noise', type=float, default=0.5)
   s.add_argument('--tv_weight', type=float, default=4e-4)
   s.add_argument('--ncols', type=int, default=4)
-  s = common('spatial', 'feature maps per block, locality', images=True)
-  s.add_argument('--kind', default='mlp')
-  s.add_argument('--index', type=int, default=0)
-  s.add_argument('--layers', default='')
-  s.add_argument('--per_side', type=int, default=3)
+  s = common('spatial', "each unit's top-activating image per block and its "
+             'map there; locality of the patch tokens', images=True)
+  s.add_argument('--kind', default='mlp',
+                 help='mlp (MLP hidden unit after the GELU) | block (output '
+                 'token channel); query | key | value for locality only')
+  s.add_argument('--layers', default='', help='blocks (default all)')
+  s.add_argument('--units_per_block', type=int, default=4,
+                 help='top images of units 0..N-1 of every block')
+  s.add_argument('--units', default='',
+                 help='explicit units instead, e.g. 3,17,42 (every block)')
+  s.add_argument('--batch_size', type=int, default=32,
+                 help='images per forward pass of the top-image search')
+  s.add_argument('--locality_images', type=int, default=2,
+                 help='the locality measure and feature --index maps on the '
+                 'first N images (input gradients: slow); 0 skips them')
+  s.add_argument('--index', type=int, default=0,
+                 help='feature of the locality measure and per-image maps')
+  s.add_argument('--per_side', type=int, default=3,
+                 help='locality: per_side^2 probed patch positions per image')
   s = common('cls', 'CLS late insertion', data=True)
   s.add_argument('--layers', default='',
                  help='insertion blocks (default 0 and L-1)')
-  s = common('lowpass', 'top-1 vs low-pass cut-off', data=True)
-  s.add_argument('--fractions', default='1,0.5,0.3,0.2,0.1,0.05,0.02')
+  s = common('lowpass', 'top-1 vs Fourier low-pass cut-off (ideal window; '
+             'the DC term always kept; real part; clipped to [-1, 1])',
+             data=True)
+  s.add_argument('--fractions', default='1,0.5,0.3,0.2,0.1,0.05,0.02',
+                 help='cut-offs in [0, 1]: 1 keeps every frequency, 0 only '
+                 'the mean colour')
+  s.add_argument('--window', default='circle',
+                 help='circle: keep radius sqrt(ky^2 + kx^2) <= fraction x '
+                 'the corner radius sqrt((H/2)^2 + (W/2)^2); rectangle: '
+                 'keep |ky| <= fraction x H/2 and |kx| <= fraction x W/2 '
+                 '(fraction of Nyquist per axis); ky, kx in cycles per '
+                 'image')
   s = common('masking', 'original / background only / foreground only',
              data=True)
   s.add_argument('--protocol', default='boxes',

@@ -229,3 +229,54 @@ def spatial(image, maps, locality, path: str, title: str = '') -> str:
   fig.suptitle(title, fontsize=8)
   fig.subplots_adjust(wspace=0.05, hspace=0.25)
   return _save(fig, path)
+
+
+def top_images(images, maps, image_index, means, layers, units,
+               names: Sequence[str], path: str, title: str = '') -> str:
+  """Each unit's top image and its map there: one row per block.
+
+  Args:
+    images: float [B, H, W, 3] in [-1, 1], the searched set.
+    maps: [L, K, h, w], unit k's activation on its top image, block l.
+    image_index: int [L, K] into `images` / `names`.
+    means: [L, K] mean activation over patch tokens on that image.
+    layers: block numbers [L]; units: unit numbers [K].
+    names: image names [B], shown above each image.
+  """
+  maps = np.asarray(maps)
+  n_l, n_k = maps.shape[:2]
+  # Per unit: image, map, colorbar, then a gap before the next unit.
+  ratios = []
+  for k in range(n_k):
+    ratios += [1.0, 1.0, 0.07] + ([0.45] if k < n_k - 1 else [])
+  height = 2.1 * n_l + 0.6
+  fig = plt.figure(figsize=(sum(ratios) * 1.8, height))
+  grid = fig.add_gridspec(n_l, len(ratios), width_ratios=ratios,
+                          wspace=0.08, hspace=0.55, left=0.03, right=0.97,
+                          bottom=0.2 / height, top=1 - 0.9 / height)
+  for l in range(n_l):
+    for k in range(n_k):
+      c = 4 * k
+      i = int(image_index[l, k])
+      ax = fig.add_subplot(grid[l, c])
+      ax.imshow(to_unit(images[i]))
+      ax.set_title(_short(names[i]), fontsize=9)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if k == 0:
+        ax.set_ylabel(f'block {layers[l]}', fontsize=10)
+      ax = fig.add_subplot(grid[l, c + 1])
+      im = ax.imshow(maps[l, k], cmap='viridis', interpolation='nearest')
+      ax.set_title(f'block {layers[l]}, unit {units[k]}\n'
+                   f'mean {float(means[l, k]):.2f}', fontsize=9)
+      ax.axis('off')
+      cb = fig.colorbar(im, cax=fig.add_subplot(grid[l, c + 2]))
+      cb.ax.tick_params(labelsize=8)
+  if title:
+    fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
+  return _save(fig, path)
+
+
+def _short(name: str, n: int = 22) -> str:
+  """A name cut to n characters (ellipsis), to fit above a panel."""
+  return name if len(name) <= n else name[:n - 1] + '…'
