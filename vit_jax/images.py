@@ -72,6 +72,8 @@ def _grey_to_rgb(v: np.ndarray) -> np.ndarray:
 
 def _pixels_to_rgb(im: Image.Image, name: str) -> np.ndarray:
   """An opened PIL image -> uint8 [H, W, 3] (rules in `decode_rgb`)."""
+  if im.mode == 'RGB':
+    return np.asarray(im, np.uint8)
   if im.mode.startswith('I;16'):  # I;16, I;16L, I;16B, I;16N: uint16
     return _grey_to_rgb(np.asarray(im).astype(np.uint16) >> 8)
   if im.mode in ('I', 'F'):

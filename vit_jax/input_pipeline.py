@@ -43,14 +43,16 @@ from vit_jax import dataset_info as dataset_info_lib
 from vit_jax import image_folder
 from vit_jax import images
 from vit_jax import pp
+from vit_jax import tf_decode
 
 tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators
 
 FOLDER = 'folder:'
 DIGITS = 'digits'
 _NO_SEED = tf.zeros([2], tf.int32)  # for deterministic ops
-# Cached eval datasets (decoded images in memory), by config and process.
-_EVAL_CACHE: dict[tuple, tuple[tf.data.Dataset, list[str]]] = {}
+# Cached eval datasets (decoded images in memory) and their sources, by
+# config and process.
+_EVAL_CACHE: dict[tuple, tuple[tf.data.Dataset, object]] = {}
 
 
 def _map(ds: tf.data.Dataset, fn) -> tf.data.Dataset:
@@ -75,12 +77,13 @@ def _procs(process_index, process_count) -> tuple[int, int]:
 
 class _Folder:
   """ROOT/{split}/<class>/<file> (`image_folder`: the training split's class
-  map, image files only), decoded by `images.decode_rgb` (the pixels of
-  predict and `inmemory:`; every PIL format and mode, values scaled).
+  map, image files only), decoded with the pixels of `images.decode_rgb`
+  (predict's, `inmemory:`'s; every PIL format and mode, values scaled) by
+  `tf_decode`.
 
-  An unreadable file is recorded in `errors` (its element dropped) and the
-  iterators raise it as one `ImageError` line naming the file before they
-  yield a batch that lacks it.
+  An unreadable file is named in one `ImageError` line (`_batches`): PIL's
+  failures are recorded in `errors` (the element dropped), TF's are found
+  by `unreadable`.
   """
 
   def __init__(self, root: str, train_split: str):
@@ -89,6 +92,7 @@ class _Folder:
                        'exist (expected {train,test}/<class>/<file>)')
     self.root, self.train_split = root, train_split
     self.errors: list[str] = []
+    self._read: list[str] = []  # the files of the datasets made by `read`
 
   def classes(self, split):
     del split  # every split is labelled through the training split's classes
@@ -107,33 +111,29 @@ class _Folder:
     # A fixed interleaving of the classes (files are listed class by class,
     # which a shuffle buffer smaller than a class could not undo).
     order = np.random.default_rng(0).permutation(len(s.files))[pi::pc]
+    files = [s.files[i] for i in order]
+    self._read += files
     ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant([s.files[i] for i in order], tf.string),
-         s.labels[order]))
+        (tf.constant(files, tf.string), s.labels[order]))
     errors = self.errors
+    ds = _map(ds, lambda path, label: (*tf_decode.decode(path, errors),
+                                       label))
+    ds = ds.filter(tf.autograph.experimental.do_not_convert(
+        lambda image, ok, label: ok))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(files)))
+    return _map(ds, lambda image, ok, label: (image, label))
 
-    def decode(path):
-      try:
-        return images.decode_rgb(path.decode()), True
-      except images.ImageError as e:
-        errors.append(str(e))
-        return np.zeros((0, 0, 3), np.uint8), False
-
-    def read_one(path, label):
-      image, ok = tf.numpy_function(decode, [path], (tf.uint8, tf.bool),
-                                    stateful=False)
-      image.set_shape([None, None, 3])
-      return image, label, ok
-    ds = _map(ds, read_one).filter(
-        tf.autograph.experimental.do_not_convert(lambda im, l, ok: ok))
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(order)))
-    return _map(ds, lambda image, label, ok: (image, label))
+  def unreadable(self, error: Exception) -> Optional[str]:
+    return tf_decode.find_unreadable(self._read, error)
 
 
 class _Digits:
   """scikit-learn's digits, uint8 RGB 8x8 (shared with `inmemory:digits`)."""
 
   errors = ()  # in-memory arrays: nothing to fail on
+
+  def unreadable(self, error):
+    del error
 
   def _load(self, split):
     # pylint: disable=g-import-not-at-top,protected-access
@@ -157,6 +157,9 @@ class _Tfds:
   names are one fixed map for every split."""
 
   errors = ()  # decode errors surface as tf.errors from tfds' own records
+
+  def unreadable(self, error):
+    del error
 
   def __init__(self, name, data_dir, manual_dir):
     try:
@@ -243,21 +246,22 @@ def _split_decode(pp_string: str):
   return None, pp.build_ops(ops)
 
 
-def _batches(ds: tf.data.Dataset, errors) -> Iterator[dict]:
-  """numpy batches of `ds`; a file the source failed to read (`errors`)
-  is raised as one `images.ImageError` line before any later batch."""
+def _batches(ds: tf.data.Dataset, src) -> Iterator[dict]:
+  """numpy batches of `ds`; a file the source `src` failed to read is raised
+  as one `images.ImageError` line naming it, before any later batch."""
   it = iter(tfds.as_numpy(ds.with_options(_options())))
   while True:
     try:
       batch = next(it)
     except StopIteration:
       return
-    except tf.errors.OpError:
-      if errors:
-        raise images.ImageError(errors[0]) from None
+    except tf.errors.OpError as e:
+      message = src.errors[0] if src.errors else src.unreadable(e)
+      if message:
+        raise images.ImageError(message) from None
       raise
-    if errors:
-      raise images.ImageError(errors[0])
+    if src.errors:
+      raise images.ImageError(src.errors[0])
     yield batch
 
 
@@ -313,7 +317,7 @@ def train_iterator(data, *, global_batch_size: int, seed: int,
     return {'image': fn(image, s), 'label': label}
   ds = _map(ds, prep)
   ds = ds.batch(local, drop_remainder=True).prefetch(data.prefetch)
-  yield from _batches(ds, src.errors)
+  yield from _batches(ds, src)
 
 
 def eval_iterator(data, *, global_batch_size: int,
@@ -336,20 +340,20 @@ def eval_iterator(data, *, global_batch_size: int,
   # The train split is in the key: folder labels follow its classes.
   key = (data.dataset, data.train_split, data.eval_split, data.pp_eval,
          data.tfds_data_dir, pi, pc)
-  ds, errors = _EVAL_CACHE.get(key, (None, None)) if data.cache else (
-      None, None)
-  if ds is None:
-    ds, errors = src.read(data.eval_split, pi, pc), src.errors
+  if data.cache and key in _EVAL_CACHE:
+    ds, src = _EVAL_CACHE[key]
+  else:
+    ds = src.read(data.eval_split, pi, pc)
     if decode is not None:
       ds = _map(ds, lambda image, label: (decode(image, _NO_SEED), label))
     if data.cache:  # decoded uint8, kept for every later evaluation
       ds = ds.cache()
-      _EVAL_CACHE[key] = (ds, errors)
+      _EVAL_CACHE[key] = (ds, src)
   ds = _map(ds, lambda image, label: {'image': fn(image, _NO_SEED),
                                       'label': label, 'mask': True})
   pad = _map(ds.take(1), lambda ex: {**ex, 'mask': False}).repeat()
   ds = ds.concatenate(pad).take(num_batches * local).batch(local)
-  yield from _batches(ds.prefetch(data.prefetch), errors)
+  yield from _batches(ds.prefetch(data.prefetch), src)
 
 
 def _main(argv=None):
