@@ -5,7 +5,10 @@
                      tfds split strings ('train[:98%]'), `tfds_data_dir` and
                      `tfds_manual_dir` honoured;
   'folder:/path'     (or an existing directory) laid out
-                     {train,test}/<class>/<file>, splits are subfolder names;
+                     {train,test}/<class>/<file>, splits are subfolder names,
+                     every split labelled through the training split's
+                     classes, image files only (`image_folder`), decoded with
+                     the pixels of `images.decode_rgb` (`tf_decode`);
   'digits'           scikit-learn's bundled 1,797 8x8 handwritten digits
                      (offline; fixed 1,500 / 297 split, as `inmemory:digits`).
 Preprocessing is a pp string (`vit_jax.pp`). Each process reads only its own
@@ -19,14 +22,17 @@ and the augmentation of the k-th example is seeded by (seed, k), so
 yields from its s-th batch on (whole epochs are not replayed; examples of the
 current epoch are skipped before augmentation).
 
-Cache (`data.cache`): the train split is kept in memory after `decode` (the
-first pp op), so later epochs neither read nor decode files; only the random
-ops run per step. The eval split is cached after its whole (deterministic)
-pp. Needs memory for the decoded split: 150 MB for CIFAR-10, far too much for
-ImageNet (set cache=False there).
+Cache (`data.cache`): the train split is kept in memory after decoding
+(folders decode as they read; tfds at the `decode` pp op), so later epochs
+neither read nor decode files; only the random ops run per step. The eval
+split is cached after its whole (deterministic) pp. Needs memory for the
+decoded split: 150 MB for CIFAR-10, far too much for ImageNet (set
+cache=False there).
 
 Batches: {'image': float32 [local_batch, H, W, 3], 'label': int32
 [local_batch]} (+ 'mask': bool [local_batch] in eval, False on padding).
+An image file that cannot be read stops the iterator with one
+`images.ImageError` line naming it.
 """
 
 import math
