@@ -5,6 +5,7 @@ that belongs to this process (`input_pipeline`, `inmemory_input`,
 
 import dataclasses
 import json
+import os
 from typing import Optional, Sequence
 
 from etils import epath
@@ -51,9 +52,11 @@ def save_class_names(workdir: str, class_names: Sequence[str]) -> None:
           f'{now}: the checkpoint would predict other classes; use a new '
           'workdir or the data it was trained on')
     return
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # atomically: other processes may read it
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(names, indent=1) + '\n')
+    tmp = path.parent / f'{CLASSES_FILE}.{os.getpid()}.tmp'
+    tmp.write_text(json.dumps(names, indent=1) + '\n')
+    tmp.rename(path)
 
 
 def process_slice(process_index: Optional[int], process_count: Optional[int],
