@@ -22,6 +22,7 @@ from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
                     '.tiff')
@@ -130,6 +131,9 @@ def decode_rgb(source: Union[str, os.PathLike, BinaryIO],
       return _pixels_to_rgb(im, name)
   except ImageError:
     raise
+  except UnidentifiedImageError as e:
+    raise ImageError(f'cannot read image {name}: not an image file (no '
+                     'format PIL reads)') from e
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises OSError, SyntaxError, struct.error, DecompressionBombError..
     raise ImageError(f'cannot read image {name}: {e}') from e
