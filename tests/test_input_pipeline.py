@@ -346,3 +346,16 @@ def test_folder_decodes_every_file_as_predict_does(tmp_path):
   assert sorted(b['label'].tolist()) == list(range(6))
   for image, label in zip(b['image'], b['label']):
     np.testing.assert_array_equal(image, want[label])
+
+
+def test_pp_error_is_not_blamed_on_a_file(tmp_path, capfd):
+  """A crop larger than the images fails in TF; no file is named for it and
+  the files are not searched."""
+  root = write_levels(tmp_path, {'train': {'cat': 2, 'dog': 2},
+                                 'test': {'cat': 1, 'dog': 1}})
+  data = level_config(root)
+  data.pp_train = 'decode|random_crop(64)|value_range(0,1)'
+  with pytest.raises(Exception) as e:
+    next(ip.train_iterator(data, global_batch_size=2, seed=0))
+  assert not isinstance(e.value, ValueError)
+  assert 'finding the file' not in capfd.readouterr().err

@@ -130,6 +130,12 @@ class _Folder:
     return _map(ds, lambda image, ok, label: (image, label))
 
   def unreadable(self, error: Exception) -> Optional[str]:
+    """The one-line message naming the file behind a TF `error` of reading
+    or JPEG decoding, else None (e.g. a pp op's error: no file to find)."""
+    if not (isinstance(error, (tf.errors.NotFoundError,
+                               tf.errors.PermissionDeniedError)) or
+            'jpeg' in str(error).lower()):
+      return None
     return tf_decode.find_unreadable(self._read, error)
 
 
