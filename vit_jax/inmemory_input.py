@@ -6,9 +6,9 @@ same batches) for datasets that fit in RAM as uint8 arrays, such as the
 once (`images.decode_rgb`, the pixels of predict and `folder:`), augmentation
 runs in numpy per batch. Classes and files follow `image_folder`: labels come
 from the training split's class folders, image files only. It is what the
-CPU runs of docs/training.md used; `input_pipeline` (tf.data) serves tfds and large
-folders. `inmemory:digits` is scikit-learn's bundled 8x8 digits (offline),
-split 1,500 train / 297 test with a fixed permutation.
+CPU runs of docs/training.md used; `input_pipeline` (tf.data) serves tfds
+and large folders. `inmemory:digits` is scikit-learn's bundled 8x8 digits
+(offline), split 1,500 train / 297 test with a fixed permutation.
 
 Determinism: the order of epoch e is a permutation drawn from (seed, e); the
 augmentation of batch k is drawn from (seed, k). Batch k is therefore a pure

@@ -146,6 +146,7 @@ class _Digits:
 
   def unreadable(self, error):
     del error
+    return None
 
   def _load(self, split):
     # pylint: disable=g-import-not-at-top,protected-access
@@ -172,6 +173,7 @@ class _Tfds:
 
   def unreadable(self, error):
     del error
+    return None
 
   def __init__(self, name, data_dir, manual_dir):
     try:
