@@ -121,3 +121,69 @@ def test_digits_embedded():
   table = {tuple(x): y for x, y in zip(ref.images.reshape(-1, 64),
                                        ref.target)}
   assert all(table[tuple(x)] == y for x, y in zip(flat, test['label']))
+
+
+# --- The training split's class map, image files only, decoding, errors.
+
+
+def write_levels(root, spec):
+  """root/split/class/i.png, every pixel 20 * (position of the class among
+  the sorted training classes): the right label is readable off the image."""
+  order = sorted(spec['train'])
+  for split, classes in spec.items():
+    for c, n in classes.items():
+      (root / split / c).mkdir(parents=True)
+      level = 20 * order.index(c) if c in order else 250
+      for i in range(n):
+        Image.fromarray(np.full((4, 4, 3), level, np.uint8)).save(
+            root / split / c / f'{i}.png')
+  return root
+
+
+def level_data(root):
+  return data(root, pp_train='decode|value_range(0,255)',
+              pp_eval='decode|value_range(0,255)')
+
+
+def test_eval_labels_use_the_training_class_map(tmp_path):
+  root = write_levels(tmp_path, {'train': {'a': 1, 'b': 1, 'c': 1},
+                                 'test': {'a': 2, 'c': 2}})
+  (b,) = list(inmemory_input.eval_iterator(level_data(root),
+                                           global_batch_size=4))
+  assert b['label'].tolist() == [0, 0, 2, 2]
+  np.testing.assert_array_equal(b['image'].mean((1, 2, 3)) / 20, b['label'])
+
+
+def test_class_errors_name_the_folder(tmp_path):
+  root = write_levels(tmp_path, {'train': {'a': 1, 'b': 1},
+                                 'test': {'a': 1, 'zebra': 1}})
+  with pytest.raises(ValueError, match=r'class folder .*test/zebra is not a '
+                     r"class of the training split 'train'"):
+    inmemory_input.dataset_info(level_data(root))
+  (root / 'train' / 'empty').mkdir()
+  with pytest.raises(ValueError, match=r'class folder .*train/empty has no '
+                     'images'):
+    inmemory_input.dataset_info(level_data(root))
+
+
+def test_non_images_skipped_bad_images_named(tmp_path):
+  root = write_levels(tmp_path, {'train': {'a': 2, 'b': 2},
+                                 'test': {'a': 1, 'b': 1}})
+  (root / 'train' / 'a' / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1')
+  (root / 'train' / 'a' / 'readme.txt').write_text('a')
+  info = inmemory_input.dataset_info(level_data(root))
+  assert (info.num_train, info.num_eval) == (4, 2)
+  (root / 'test' / 'b' / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\nshort')
+  with pytest.raises(ValueError, match=r'cannot read image .*test/b/bad\.png'
+                     ) as e:
+    inmemory_input.dataset_info(level_data(root))
+  assert '\n' not in str(e.value)
+
+
+def test_16bit_png_is_scaled_not_white(tmp_path):
+  root = write_levels(tmp_path, {'train': {'a': 1}, 'test': {'a': 1}})
+  v = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369  # 0 .. 65535
+  Image.fromarray(v).save(root / 'train' / 'a' / '0.png')  # mode I;16
+  b = next(inmemory_input.train_iterator(level_data(root),
+                                         global_batch_size=1, seed=0))
+  np.testing.assert_array_equal(b['image'][0, ..., 1], v >> 8)

@@ -199,3 +199,163 @@ def test_tfds_dirs_are_honoured(monkeypatch, tmp_path):
     ip.dataset_info(data)
   assert seen == {'name': 'imagenet2012', 'data_dir': str(tmp_path / 'tfds'),
                   'manual_dir': str(tmp_path / 'manual')}
+
+
+# --- One class map (the training split's), listing, unreadable files.
+
+
+def write_levels(root, spec, size=(4, 4)):
+  """root/split/class/i.png for spec {split: {class: n}}; every pixel of a
+  class-c image is 20 * level[c], level = c's position in the sorted classes
+  of 'train' (so a correct label is readable off the pixels)."""
+  order = sorted(spec['train'])
+  for split, classes in spec.items():
+    for c, n in classes.items():
+      d = root / split / c
+      d.mkdir(parents=True)
+      for i in range(n):
+        level = 20 * order.index(c) if c in order else 250
+        Image.fromarray(np.full((*size, 3), level, np.uint8)).save(
+            d / f'{i}.png')
+  return root
+
+
+def pixel_labels(data):
+  """(labels, 20-level of the pixels) of every unpadded eval example."""
+  labels, levels = [], []
+  for b in ip.eval_iterator(data, global_batch_size=4):
+    m = b['mask']
+    labels += b['label'][m].tolist()
+    levels += np.round(b['image'][m].mean((1, 2, 3)) / 20).astype(int).tolist()
+  return labels, levels
+
+
+def level_config(root):
+  return common.data_config(
+      dataset=f'folder:{root}', train_split='train', eval_split='test',
+      pp_train='decode|value_range(0,255)', pp_eval='decode|value_range(0,255)',
+      shuffle_buffer=8)
+
+
+def test_eval_labels_use_the_training_class_map(tmp_path):
+  """test/ lacks 'automobile': its 'bird' must keep train's label 2."""
+  root = write_levels(tmp_path, {
+      'train': {'airplane': 2, 'automobile': 2, 'bird': 2},
+      'test': {'airplane': 3, 'bird': 3}})
+  data = level_config(root)
+  info = ip.dataset_info(data)
+  assert info.class_names == ('airplane', 'automobile', 'bird')
+  labels, levels = pixel_labels(data)
+  assert sorted(labels) == [0, 0, 0, 2, 2, 2] and labels == levels
+
+
+def test_eval_class_that_training_lacks_is_an_error(tmp_path):
+  root = write_levels(tmp_path, {'train': {'cat': 2, 'dog': 2},
+                                 'test': {'cat': 1, 'zebra': 1}})
+  with pytest.raises(ValueError, match=r"class folder .*test/zebra.* not a "
+                     r"class of the training split 'train' \(2 classes: cat, "
+                     r'dog\)') as e:
+    list(ip.eval_iterator(level_config(root), global_batch_size=4))
+  assert '\n' not in str(e.value)
+
+
+def test_empty_training_class_folder_is_an_error(tmp_path):
+  root = write_levels(tmp_path, {'train': {'cat': 2, 'dog': 2},
+                                 'test': {'cat': 1, 'dog': 1}})
+  (root / 'train' / 'bird').mkdir()
+  (root / 'train' / 'bird' / 'notes.txt').write_text('todo')
+  with pytest.raises(ValueError, match=r'class folder .*train/bird has no '
+                     r'images \(\.jpg'):
+    ip.dataset_info(level_config(root))
+
+
+def test_only_image_files_are_examples(tmp_path):
+  root = write_levels(tmp_path, {'train': {'cat': 2, 'dog': 2},
+                                 'test': {'cat': 1, 'dog': 1}})
+  cat = root / 'train' / 'cat'
+  (cat / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1')
+  (cat / '._0.png').write_bytes(b'\x00\x05\x16\x07')  # macOS resource fork
+  (cat / 'readme.txt').write_text('cats')
+  Image.fromarray(np.full((4, 4, 3), 0, np.uint8)).save(cat / 'UPPER.PNG')
+  (root / 'train' / '.ipynb_checkpoints').mkdir()  # a hidden "class"
+  data = level_config(root)
+  info = ip.dataset_info(data)
+  assert (info.class_names, info.num_train) == (('cat', 'dog'), 5)
+  b = next(ip.train_iterator(data, global_batch_size=5, seed=0))
+  assert sorted(b['label'].tolist()) == [0, 0, 0, 1, 1]
+
+
+def test_unreadable_image_is_one_line_naming_it(tmp_path):
+  root = write_levels(tmp_path, {'train': {'cat': 3, 'dog': 3},
+                                 'test': {'cat': 1, 'dog': 1}})
+  (root / 'train' / 'dog' / 'oops.jpg').write_text('<html>not a jpeg</html>')
+  with pytest.raises(ValueError, match=r'cannot read image .*train/dog/'
+                     r'oops\.jpg: ') as e:
+    next(ip.train_iterator(level_config(root), global_batch_size=2, seed=0))
+  assert '\n' not in str(e.value)
+
+
+def test_truncated_jpeg_is_named(tmp_path):
+  """A JPEG whose header is fine but whose data stops: TF's decoder fails
+  inside the pipeline, and the file is still named in one line."""
+  root = write_levels(tmp_path, {'train': {'cat': 3, 'dog': 3},
+                                 'test': {'cat': 1, 'dog': 1}})
+  rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+  Image.fromarray(rgb).save(root / 'train' / 'cat' / 'cut.jpg', quality=95)
+  jpg = (root / 'train' / 'cat' / 'cut.jpg').read_bytes()
+  (root / 'train' / 'cat' / 'cut.jpg').write_bytes(jpg[:len(jpg) // 2])
+  with pytest.raises(ValueError, match=r'cannot read image .*train/cat/'
+                     r'cut\.jpg: .*truncated') as e:
+    for _ in ip.train_iterator(level_config(root), global_batch_size=2,
+                               seed=0):
+      pass
+  assert '\n' not in str(e.value)
+
+
+def test_folder_decodes_every_file_as_predict_does(tmp_path):
+  """The training folder reader gives the pixels of `images.decode_rgb`
+  (checked against numpy / PIL): a palette BMP (colours, not indices), a
+  16-bit PNG (v >> 8), a TIFF, colour, grey and CMYK JPEGs (PIL's decoder,
+  as predict: TF's default fast IDCT differs by up to 5 levels)."""
+  rng = np.random.default_rng(0)
+  palette = rng.integers(0, 256, (4, 3), dtype=np.uint8)
+  index = rng.integers(0, 4, (8, 8), dtype=np.uint8)
+  u16 = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+  rgb = rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+  for split in ('train', 'test'):
+    d = tmp_path / split
+    for c in ('a_bmp', 'b_png16', 'c_tif', 'd_jpg', 'e_grey_jpg',
+              'f_cmyk_jpg'):
+      (d / c).mkdir(parents=True)
+    pal = Image.fromarray(index, 'P')
+    pal.putpalette(palette.tobytes())
+    pal.save(d / 'a_bmp' / 'x.bmp')
+    Image.fromarray(u16).save(d / 'b_png16' / 'x.png')
+    Image.fromarray(rgb[..., :3]).save(d / 'c_tif' / 'x.tif')
+    Image.fromarray(rgb[..., :3]).save(d / 'd_jpg' / 'x.jpg', quality=90)
+    Image.fromarray(rgb[..., 0]).save(d / 'e_grey_jpg' / 'x.jpg')
+    Image.fromarray(rgb, 'CMYK').save(d / 'f_cmyk_jpg' / 'x.jpg')
+  jpegs = []
+  for c in ('d_jpg', 'e_grey_jpg', 'f_cmyk_jpg'):
+    with Image.open(tmp_path / 'test' / c / 'x.jpg') as im:
+      jpegs.append(np.asarray(im.convert('RGB')))
+  want = [palette[index], np.repeat((u16 >> 8)[..., None], 3, -1),
+          rgb[..., :3]] + jpegs
+  data = level_config(tmp_path)
+  (b,) = list(ip.eval_iterator(data, global_batch_size=6))
+  assert sorted(b['label'].tolist()) == list(range(6))
+  for image, label in zip(b['image'], b['label']):
+    np.testing.assert_array_equal(image, want[label])
+
+
+def test_pp_error_is_not_blamed_on_a_file(tmp_path, capfd):
+  """A crop larger than the images fails in TF; no file is named for it and
+  the files are not searched."""
+  root = write_levels(tmp_path, {'train': {'cat': 2, 'dog': 2},
+                                 'test': {'cat': 1, 'dog': 1}})
+  data = level_config(root)
+  data.pp_train = 'decode|random_crop(64)|value_range(0,1)'
+  with pytest.raises(Exception) as e:
+    next(ip.train_iterator(data, global_batch_size=2, seed=0))
+  assert not isinstance(e.value, ValueError)
+  assert 'finding the file' not in capfd.readouterr().err

@@ -1,4 +1,4 @@
-"""Reading image files for evaluation: listing, decoding, eval preprocessing.
+"""Reading image files: listing, decoding, eval preprocessing.
 
 The one eval preprocessing rule of `predict`, `evaluate` on image files and
 the analyses (training reads data through its input pipelines and their
@@ -8,14 +8,21 @@ with bicubic (antialiased) resampling, then a centered resolution x
 resolution crop, pixels to [-1, 1]. `CROP_PCT = 0.9` (timm's default for
 these models) at 224 px gives resize 248, crop 224; `crop_pct=1` resizes the
 shorter side straight to the resolution.
+
+Decoding (`decode_rgb`) is shared by every reader of image files (predict,
+the analyses, the `folder:` and `inmemory:` training inputs), so one file
+gives the same pixels everywhere. Every mode PIL opens becomes RGB uint8 with
+its values scaled, never clipped (table in `decode_rgb`).
 """
 
 import math
 import os
-from typing import Optional, Sequence
+import warnings
+from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
                     '.tiff')
@@ -35,13 +42,20 @@ class ImageError(ValueError):
   """A missing or unreadable image; the message names the path."""
 
 
+def is_image_name(filename: str) -> bool:
+  """An image extension (any case) and not hidden ('.DS_Store', macOS
+  '._x.jpg' resource forks)."""
+  return (not filename.startswith('.') and
+          filename.lower().endswith(IMAGE_EXTENSIONS))
+
+
 def list_images(paths: Sequence[str]) -> list[str]:
-  """Files as given, directories expanded (sorted, image extensions only)."""
+  """Files as given, directories expanded (sorted, `is_image_name` only)."""
   out = []
   for p in paths:
     if os.path.isdir(p):
       found = sorted(os.path.join(p, f) for f in os.listdir(p)
-                     if f.lower().endswith(IMAGE_EXTENSIONS))
+                     if is_image_name(f))
       if not found:
         raise ImageError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in '
                          f'directory {p}')
@@ -53,13 +67,81 @@ def list_images(paths: Sequence[str]) -> list[str]:
   return out
 
 
-def open_rgb(path: str) -> Image.Image:
-  """Decodes an image file to RGB at its full resolution."""
+def _grey_to_rgb(v: np.ndarray) -> np.ndarray:
+  return np.repeat(v.astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _pixels_to_rgb(im: Image.Image, name: str) -> np.ndarray:
+  """An opened PIL image -> uint8 [H, W, 3] (rules in `decode_rgb`)."""
+  if im.mode == 'RGB':
+    return np.asarray(im, np.uint8)
+  if im.mode.startswith('I;16'):  # I;16, I;16L, I;16B, I;16N: uint16
+    return _grey_to_rgb(np.asarray(im).astype(np.uint16) >> 8)
+  if im.mode in ('I', 'F'):
+    v = np.asarray(im)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    if im.mode == 'I':
+      if lo < 0 or hi > 65535:
+        raise ImageError(f'cannot read image {name}: 32-bit integer pixels '
+                         f'span [{lo:.0f}, {hi:.0f}], outside the 16-bit '
+                         'range [0, 65535]; convert it to 8 or 16 bits')
+      return _grey_to_rgb(v.astype(np.int64) >> 8)
+    if not (np.isfinite(v).all() and lo >= 0 and hi <= 1):
+      raise ImageError(f'cannot read image {name}: float pixels span '
+                       f'[{lo:.4g}, {hi:.4g}], outside [0, 1]; convert it '
+                       'to 8 bits')
+    return _grey_to_rgb(np.round(v.astype(np.float64) * 255))
+  with warnings.catch_warnings():  # "palette images with transparency..."
+    warnings.simplefilter('ignore')
+    try:
+      rgb = im.convert('RGB')
+    except ValueError as e:  # a mode PIL opens but cannot convert
+      raise ImageError(f'cannot read image {name}: mode {im.mode} has no '
+                       f'RGB conversion ({e})') from e
+  return np.asarray(rgb, np.uint8)
+
+
+def decode_rgb(source: Union[str, os.PathLike, BinaryIO],
+               name: Optional[str] = None) -> np.ndarray:
+  """An image file (path or binary file object) -> uint8 [H, W, 3].
+
+  Values are scaled to 0..255, never clipped:
+    L, RGB, YCbCr, CMYK   PIL's conversion (CMYK: (255 - C)(255 - K) / 255)
+    1                     0 / 1 -> 0 / 255
+    P, PA                 the palette colours
+    LA, RGBA, P with transparency: the alpha channel is dropped (the stored
+                          colours are kept, not composited), as
+                          `tf.io.decode_image(channels=3)` does
+    I;16 (L / B / N)      16-bit grey: v >> 8 (the high byte, how libpng
+                          reduces 16 bits); 16-bit RGB PNGs PIL itself reads
+                          as their high bytes
+    I                     32-bit integer grey: must lie in 0..65535 (a 16-bit
+                          image), then v >> 8; other ranges are an error
+    F                     float grey: must lie in [0, 1], then round(x * 255);
+                          other ranges (or NaN) are an error
+  Multi-frame files (GIF, TIFF) give their first frame; EXIF orientation is
+  not applied. Any failure is an `ImageError` naming the file (`name`, else
+  the path, else the file object's name).
+  """
+  if name is None:
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else (
+        getattr(source, 'name', '<file object>'))
   try:
-    with Image.open(path) as im:
-      return im.convert('RGB')
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise ImageError(f'cannot read image {path}: {e}') from e
+    with Image.open(source) as im:
+      return _pixels_to_rgb(im, name)
+  except ImageError:
+    raise
+  except UnidentifiedImageError as e:
+    raise ImageError(f'cannot read image {name}: not an image file (no '
+                     'format PIL reads)') from e
+  except Exception as e:  # pylint: disable=broad-except
+    # PIL raises OSError, SyntaxError, struct.error, DecompressionBombError..
+    raise ImageError(f'cannot read image {name}: {e}') from e
+
+
+def open_rgb(path: str) -> Image.Image:
+  """`decode_rgb` as an RGB PIL image, at the file's full resolution."""
+  return Image.fromarray(decode_rgb(path))
 
 
 def load_image(path: str, resolution: int = 224, crop_pct: float = CROP_PCT,
@@ -71,7 +153,7 @@ def load_image(path: str, resolution: int = 224, crop_pct: float = CROP_PCT,
   """
   if not 0 < crop_pct <= 1:
     raise ImageError(f'crop_pct={crop_pct} must be in (0, 1]')
-  return preprocess(open_rgb(path), resolution, crop_pct, resize)
+  return preprocess(decode_rgb(path), resolution, crop_pct, resize)
 
 
 def preprocess(image, resolution: int = 224, crop_pct: float = CROP_PCT,

@@ -3,10 +3,12 @@
 Implements the input contract of `vit_jax.input_pipeline` (same functions,
 same batches) for datasets that fit in RAM as uint8 arrays, such as the
 60,000 32x32 CIFAR-10 JPEGs of `{train,test}/<class>/<file>`: decoding happens
-once (PIL), augmentation runs in numpy per batch. It is what the CPU runs of
-docs/training.md used; `input_pipeline` (tf.data) serves tfds and large
-folders. `inmemory:digits` is scikit-learn's bundled 8x8 digits (offline),
-split 1,500 train / 297 test with a fixed permutation.
+once (`images.decode_rgb`, the pixels of predict and `folder:`), augmentation
+runs in numpy per batch. Classes and files follow `image_folder`: labels come
+from the training split's class folders, image files only. It is what the
+CPU runs of docs/training.md used; `input_pipeline` (tf.data) serves tfds
+and large folders. `inmemory:digits` is scikit-learn's bundled 8x8 digits
+(offline), split 1,500 train / 297 test with a fixed permutation.
 
 Determinism: the order of epoch e is a permutation drawn from (seed, e); the
 augmentation of batch k is drawn from (seed, k). Batch k is therefore a pure
@@ -26,6 +28,8 @@ import jax
 import numpy as np
 from PIL import Image
 from vit_jax import dataset_info as dataset_info_lib
+from vit_jax import image_folder
+from vit_jax import images
 from vit_jax.pp import syntax
 
 PREFIX = 'inmemory:'
@@ -44,14 +48,14 @@ def _load_digits(split: str):
   """scikit-learn's 1,797 handwritten digits as uint8 RGB [N, 8, 8, 3]."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   d = datasets.load_digits()
-  images = np.round(d.images / 16 * 255).astype(np.uint8)
-  images = np.repeat(images[..., None], 3, axis=-1)
-  order = np.random.default_rng(0).permutation(len(images))
+  pixels = np.round(d.images / 16 * 255).astype(np.uint8)
+  pixels = np.repeat(pixels[..., None], 3, axis=-1)
+  order = np.random.default_rng(0).permutation(len(pixels))
   splits = {'train': order[:-DIGITS_NUM_TEST], 'test': order[-DIGITS_NUM_TEST:]}
   if split not in splits:
     raise ValueError(f'inmemory:digits has splits train, test; got {split!r}')
   idx = np.sort(splits[split])
-  return images[idx], d.target[idx].astype(np.int32), tuple(
+  return pixels[idx], d.target[idx].astype(np.int32), tuple(
       str(i) for i in range(10))
 
 
@@ -65,37 +69,36 @@ def _root(data) -> str:
   return path
 
 
+def _load(data, split: str):
+  """(images uint8 [N, H, W, 3], labels int32 [N], class names) of a split;
+  folder labels follow the training split's classes (`image_folder`)."""
+  root = _root(data)
+  if root == DIGITS:
+    return _load_digits(split)
+  classes = image_folder.class_names(root, data.train_split)
+  listing = image_folder.list_split(root, split, classes, data.train_split)
+  return _decode_all(listing) + (classes,)
+
+
 @functools.lru_cache(maxsize=4)
-def _load_split(path: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-  """(images uint8 [N, H, W, 3], labels int32 [N], class names)."""
-  if path.startswith(DIGITS + os.sep):
-    return _load_digits(path[len(DIGITS) + 1:])
-  if not os.path.isdir(path):
-    raise ValueError(f'image folder split {path} does not exist')
-  classes = tuple(sorted(d for d in os.listdir(path)
-                         if os.path.isdir(os.path.join(path, d))))
-  if not classes:
-    raise ValueError(f'{path} has no class subfolders')
-  images, labels = [], []
-  for i, c in enumerate(classes):
-    for f in sorted(os.listdir(os.path.join(path, c))):
-      with Image.open(os.path.join(path, c, f)) as im:
-        images.append(np.asarray(im.convert('RGB')))
-      labels.append(i)
-  shapes = {im.shape for im in images}
-  if len(shapes) != 1:
-    raise ValueError(f'{path}: images of different sizes {sorted(shapes)[:3]}'
-                     ' are not supported by inmemory: datasets')
-  return np.stack(images), np.asarray(labels, np.int32), classes
-
-
-def _split_path(data, split: str) -> str:
-  return os.path.join(_root(data), split)
+def _decode_all(listing: image_folder.Split) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 [N, H, W, 3], labels int32 [N]) of listed files, decoded
+  by `images.decode_rgb` (an unreadable file: one line naming it)."""
+  decoded = [images.decode_rgb(f) for f in listing.files]
+  if not decoded:
+    return np.zeros((0, 1, 1, 3), np.uint8), listing.labels
+  for f, im in zip(listing.files, decoded):
+    if im.shape != decoded[0].shape:
+      raise ValueError(
+          f'{f} is {im.shape[1]}x{im.shape[0]}, {listing.files[0]} is '
+          f'{decoded[0].shape[1]}x{decoded[0].shape[0]}: inmemory: datasets '
+          "need one image size (use 'folder:' for mixed sizes)")
+  return np.stack(decoded), listing.labels
 
 
 def dataset_info(data) -> DatasetInfo:
-  tr_images, _, classes = _load_split(_split_path(data, data.train_split))
-  ev_images, _, _ = _load_split(_split_path(data, data.eval_split))
+  tr_images, _, classes = _load(data, data.train_split)
+  ev_images, _, _ = _load(data, data.eval_split)
   return DatasetInfo(len(classes), len(tr_images), len(ev_images), classes)
 
 
@@ -158,9 +161,9 @@ def train_iterator(data, *, global_batch_size: int, seed: int,
                    start_step: int = 0, process_index: Optional[int] = None,
                    process_count: Optional[int] = None) -> Iterator[dict]:
   """Infinite shuffled, augmented batches; see the module docstring."""
-  images, labels, _ = _load_split(_split_path(data, data.train_split))
+  pixels, labels, _ = _load(data, data.train_split)
   ops = parse_pp(data.pp_train)
-  n = len(images)
+  n = len(pixels)
   sl = _shard(process_index, process_count, global_batch_size)
   perms = {}
   step = start_step
@@ -175,7 +178,7 @@ def train_iterator(data, *, global_batch_size: int, seed: int,
       idx[sel] = perms[e][pos[sel] % n]
     rngs = np.random.default_rng([seed, step, 1]).spawn(global_batch_size)
     rngs = rngs[sl]
-    yield {'image': np.stack([_apply(ops, images[i], r)
+    yield {'image': np.stack([_apply(ops, pixels[i], r)
                               for i, r in zip(idx, rngs)]),
            'label': labels[idx]}
     step += 1
@@ -185,13 +188,13 @@ def eval_iterator(data, *, global_batch_size: int,
                   process_index: Optional[int] = None,
                   process_count: Optional[int] = None) -> Iterator[dict]:
   """One pass in file order; the last batch padded with mask False."""
-  images, labels, _ = _load_split(_split_path(data, data.eval_split))
+  pixels, labels, _ = _load(data, data.eval_split)
   ops = parse_pp(data.pp_eval)
   sl = _shard(process_index, process_count, global_batch_size)
   rng = np.random.default_rng(0)  # eval ops are deterministic
-  for start in range(0, len(images), global_batch_size):
+  for start in range(0, len(pixels), global_batch_size):
     idx = np.arange(start, start + global_batch_size)
-    mask = idx < len(images)
+    mask = idx < len(pixels)
     idx = np.where(mask, idx, 0)[sl]
-    yield {'image': np.stack([_apply(ops, images[i], rng) for i in idx]),
+    yield {'image': np.stack([_apply(ops, pixels[i], rng) for i in idx]),
            'label': labels[idx], 'mask': mask[sl]}

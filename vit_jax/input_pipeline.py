@@ -5,7 +5,10 @@
                      tfds split strings ('train[:98%]'), `tfds_data_dir` and
                      `tfds_manual_dir` honoured;
   'folder:/path'     (or an existing directory) laid out
-                     {train,test}/<class>/<file>, splits are subfolder names;
+                     {train,test}/<class>/<file>, splits are subfolder names,
+                     every split labelled through the training split's
+                     classes, image files only (`image_folder`), decoded with
+                     the pixels of `images.decode_rgb` (`tf_decode`);
   'digits'           scikit-learn's bundled 1,797 8x8 handwritten digits
                      (offline; fixed 1,500 / 297 split, as `inmemory:digits`).
 Preprocessing is a pp string (`vit_jax.pp`). Each process reads only its own
@@ -19,14 +22,17 @@ and the augmentation of the k-th example is seeded by (seed, k), so
 yields from its s-th batch on (whole epochs are not replayed; examples of the
 current epoch are skipped before augmentation).
 
-Cache (`data.cache`): the train split is kept in memory after `decode` (the
-first pp op), so later epochs neither read nor decode files; only the random
-ops run per step. The eval split is cached after its whole (deterministic)
-pp. Needs memory for the decoded split: 150 MB for CIFAR-10, far too much for
-ImageNet (set cache=False there).
+Cache (`data.cache`): the train split is kept in memory after decoding
+(folders decode as they read; tfds at the `decode` pp op), so later epochs
+neither read nor decode files; only the random ops run per step. The eval
+split is cached after its whole (deterministic) pp. Needs memory for the
+decoded split: 150 MB for CIFAR-10, far too much for ImageNet (set
+cache=False there).
 
 Batches: {'image': float32 [local_batch, H, W, 3], 'label': int32
 [local_batch]} (+ 'mask': bool [local_batch] in eval, False on padding).
+An image file that cannot be read stops the iterator with one
+`images.ImageError` line naming it.
 """
 
 import math
@@ -39,16 +45,20 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax import pp
 from vit_jax import dataset_info as dataset_info_lib
+from vit_jax import image_folder
+from vit_jax import images
+from vit_jax import pp
+from vit_jax import tf_decode
 
 tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators
 
 FOLDER = 'folder:'
 DIGITS = 'digits'
 _NO_SEED = tf.zeros([2], tf.int32)  # for deterministic ops
-# Cached eval datasets (decoded images in memory), by config and process.
-_EVAL_CACHE: dict[tuple, tf.data.Dataset] = {}
+# Cached eval datasets (decoded images in memory) and their sources, by
+# config and process.
+_EVAL_CACHE: dict[tuple, tuple[tf.data.Dataset, object]] = {}
 
 
 def _map(ds: tf.data.Dataset, fn) -> tf.data.Dataset:
@@ -72,50 +82,71 @@ def _procs(process_index, process_count) -> tuple[int, int]:
 
 
 class _Folder:
-  """{split}/<class>/<file> under a root directory."""
+  """ROOT/{split}/<class>/<file> (`image_folder`: the training split's class
+  map, image files only), decoded with the pixels of `images.decode_rgb`
+  (predict's, `inmemory:`'s; every PIL format and mode, values scaled) by
+  `tf_decode`.
 
-  def __init__(self, root: str):
+  An unreadable file is named in one `ImageError` line (`_batches`): PIL's
+  failures are recorded in `errors` (the element dropped), TF's are found
+  by `unreadable`.
+  """
+
+  def __init__(self, root: str, train_split: str):
     if not os.path.isdir(root):
       raise ValueError(f'config.data.dataset: image folder {root} does not '
                        'exist (expected {train,test}/<class>/<file>)')
-    self.root = root
-
-  def _files(self, split: str):
-    d = os.path.join(self.root, split)
-    if not os.path.isdir(d):
-      have = sorted(e for e in os.listdir(self.root)
-                    if os.path.isdir(os.path.join(self.root, e)))
-      raise ValueError(f'split {split!r}: no folder {d}; splits here: '
-                       f'{", ".join(have) or "none"}')
-    classes = sorted(c for c in os.listdir(d)
-                     if os.path.isdir(os.path.join(d, c)))
-    if not classes:
-      raise ValueError(f'{d} has no class subfolders')
-    files, labels = [], []
-    for i, c in enumerate(classes):
-      names = sorted(os.listdir(os.path.join(d, c)))
-      files += [os.path.join(d, c, f) for f in names]
-      labels += [i] * len(names)
-    return files, labels, tuple(classes)
+    self.root, self.train_split = root, train_split
+    self.errors: list[str] = []
+    self._read: list[str] = []  # the files of the datasets made by `read`
 
   def classes(self, split):
-    return self._files(split)[2]
+    del split  # every split is labelled through the training split's classes
+    return image_folder.class_names(self.root, self.train_split)
+
+  def _split(self, split) -> image_folder.Split:
+    return image_folder.list_split(self.root, split, self.classes(split),
+                                   self.train_split)
 
   def num_examples(self, split):
-    return len(self._files(split)[0])
+    return len(self._split(split).files)
 
   def read(self, split, pi, pc) -> tf.data.Dataset:
-    files, labels, _ = self._files(split)
+    """(uint8 [H, W, 3], int32 label) of this process's files."""
+    s = self._split(split)
     # A fixed interleaving of the classes (files are listed class by class,
     # which a shuffle buffer smaller than a class could not undo).
-    order = np.random.default_rng(0).permutation(len(files))[pi::pc]
+    order = np.random.default_rng(0).permutation(len(s.files))[pi::pc]
+    files = [s.files[i] for i in order]
+    self._read += files
     ds = tf.data.Dataset.from_tensor_slices(
-        ([files[i] for i in order], np.asarray(labels, np.int32)[order]))
-    return _map(ds, lambda f, l: (tf.io.read_file(f), l))
+        (tf.constant(files, tf.string), s.labels[order]))
+    errors = self.errors
+    ds = _map(ds, lambda path, label: (*tf_decode.decode(path, errors),
+                                       label))
+    ds = ds.filter(tf.autograph.experimental.do_not_convert(
+        lambda image, ok, label: ok))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(files)))
+    return _map(ds, lambda image, ok, label: (image, label))
+
+  def unreadable(self, error: Exception) -> Optional[str]:
+    """The one-line message naming the file behind a TF `error` of reading
+    or JPEG decoding, else None (e.g. a pp op's error: no file to find)."""
+    if not (isinstance(error, (tf.errors.NotFoundError,
+                               tf.errors.PermissionDeniedError)) or
+            'jpeg' in str(error).lower()):
+      return None
+    return tf_decode.find_unreadable(self._read, error)
 
 
 class _Digits:
   """scikit-learn's digits, uint8 RGB 8x8 (shared with `inmemory:digits`)."""
+
+  errors = ()  # in-memory arrays: nothing to fail on
+
+  def unreadable(self, error):
+    del error
+    return None
 
   def _load(self, split):
     # pylint: disable=g-import-not-at-top,protected-access
@@ -135,7 +166,14 @@ class _Digits:
 
 
 class _Tfds:
-  """A tfds dataset with 'image' and 'label' features."""
+  """A tfds dataset with 'image' and 'label' features; the builder's label
+  names are one fixed map for every split."""
+
+  errors = ()  # decode errors surface as tf.errors from tfds' own records
+
+  def unreadable(self, error):
+    del error
+    return None
 
   def __init__(self, name, data_dir, manual_dir):
     try:
@@ -187,9 +225,9 @@ def _source(data):
   if name == DIGITS:
     return _Digits()
   if name.startswith(FOLDER):
-    return _Folder(name[len(FOLDER):])
+    return _Folder(name[len(FOLDER):], data.train_split)
   if os.path.isdir(name):
-    return _Folder(name)
+    return _Folder(name, data.train_split)
   return _Tfds(name, data.tfds_data_dir, data.tfds_manual_dir)
 
 
@@ -222,6 +260,25 @@ def _split_decode(pp_string: str):
   return None, pp.build_ops(ops)
 
 
+def _batches(ds: tf.data.Dataset, src) -> Iterator[dict]:
+  """numpy batches of `ds`; a file the source `src` failed to read is raised
+  as one `images.ImageError` line naming it, before any later batch."""
+  it = iter(tfds.as_numpy(ds.with_options(_options())))
+  while True:
+    try:
+      batch = next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      message = src.errors[0] if src.errors else src.unreadable(e)
+      if message:
+        raise images.ImageError(message) from None
+      raise
+    if src.errors:
+      raise images.ImageError(src.errors[0])
+    yield batch
+
+
 def _count(ds: tf.data.Dataset) -> int:
   n = int(ds.cardinality())
   return n if n >= 0 else int(ds.reduce(0, _plus_one))
@@ -245,7 +302,8 @@ def train_iterator(data, *, global_batch_size: int, seed: int,
   pi, pc = _procs(process_index, process_count)
   local = _local_batch(global_batch_size, pc)
   decode, fn = _split_decode(data.pp_train)
-  base = _source(data).read(data.train_split, pi, pc)
+  src = _source(data)
+  base = src.read(data.train_split, pi, pc)
   if decode is not None:  # decode once, before the cache
     base = _map(base, lambda image, label: (decode(image, _NO_SEED), label))
   if data.cache:
@@ -273,7 +331,7 @@ def train_iterator(data, *, global_batch_size: int, seed: int,
     return {'image': fn(image, s), 'label': label}
   ds = _map(ds, prep)
   ds = ds.batch(local, drop_remainder=True).prefetch(data.prefetch)
-  yield from tfds.as_numpy(ds.with_options(_options()))
+  yield from _batches(ds, src)
 
 
 def eval_iterator(data, *, global_batch_size: int,
@@ -293,21 +351,23 @@ def eval_iterator(data, *, global_batch_size: int,
   n = src.num_examples(data.eval_split)
   num_batches = math.ceil(math.ceil(n / pc) / local)  # same on every process
   decode, fn = _split_decode(data.pp_eval)
-  key = (data.dataset, data.eval_split, data.pp_eval, data.tfds_data_dir,
-         pi, pc)
-  ds = _EVAL_CACHE.get(key) if data.cache else None
-  if ds is None:
+  # The train split is in the key: folder labels follow its classes.
+  key = (data.dataset, data.train_split, data.eval_split, data.pp_eval,
+         data.tfds_data_dir, pi, pc)
+  if data.cache and key in _EVAL_CACHE:
+    ds, src = _EVAL_CACHE[key]
+  else:
     ds = src.read(data.eval_split, pi, pc)
     if decode is not None:
       ds = _map(ds, lambda image, label: (decode(image, _NO_SEED), label))
     if data.cache:  # decoded uint8, kept for every later evaluation
-      ds = _EVAL_CACHE[key] = ds.cache()
+      ds = ds.cache()
+      _EVAL_CACHE[key] = (ds, src)
   ds = _map(ds, lambda image, label: {'image': fn(image, _NO_SEED),
                                       'label': label, 'mask': True})
   pad = _map(ds.take(1), lambda ex: {**ex, 'mask': False}).repeat()
   ds = ds.concatenate(pad).take(num_batches * local).batch(local)
-  yield from tfds.as_numpy(ds.prefetch(data.prefetch).with_options(
-      _options()))
+  yield from _batches(ds.prefetch(data.prefetch), src)
 
 
 def _main(argv=None):

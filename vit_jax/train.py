@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from vit_jax import config_lib
+from vit_jax import dataset_info as dataset_info_lib
 from vit_jax import device_data
 from vit_jax import evaluate
 from vit_jax import metrics
@@ -235,6 +236,7 @@ def setup(config, workdir: str, devices=None) -> Setup:
   data = config_lib.local_data_config(config)
   inp = input_module(data.dataset)
   info = inp.dataset_info(data)
+  dataset_info_lib.save_class_names(workdir, info.class_names)
 
   # Model: shapes only, nothing is allocated yet.
   model = build_model(config, info.num_classes)
