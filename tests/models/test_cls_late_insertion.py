@@ -126,6 +126,11 @@ def test_k_equals_L_is_the_class_token_alone_through_every_block():
   other = model.apply({'params': params}, -x[::-1] * 0.5, cls_insert_layer=L)
   np.testing.assert_allclose(other, logits, atol=1e-6)
   assert np.abs(logits - model.apply({'params': params}, x)).max() > 0.05
+  # raw mode at k = L: the untouched token, final norm, head
+  np.testing.assert_allclose(
+      model.apply({'params': params}, x, cls_insert_layer=L,
+                  cls_insert_mode='raw'),
+      _reference(params, x, L, 'raw')[0], atol=2e-5)
 
 
 @pytest.mark.parametrize('k', [1, 2])

@@ -359,7 +359,7 @@ class Encoder(nn.Module):
         for i in range(n_layers)]
     # With k = L and only the class token read, the patch tokens are unused.
     patches_read = not (class_token_only and k == n_layers)
-    for i in range(k if cls is not None else 0):
+    for i in range(k):  # k > 0 only with a class token
       if patches_read:  # first, so that its intermediates are the ones kept
         x = blocks[i](x, deterministic=not train)
       if cls_insert_mode == 'alone':
