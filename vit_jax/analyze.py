@@ -10,7 +10,8 @@ Subcommands (each writes `DIR/<subcommand>.json` and PNGs into DIR):
   featvis     activation maximization (--features mlp:1:10,block:6:3 ...)
   spatial     each unit's top image per block and its map there; a
               feature's locality per block (--images ...)
-  cls         top-1 with the class token inserted late (--data ...)
+  cls         top-1 vs the block k where the class token joins the
+              patch tokens, k = 0..L (--data ..., --mode alone|raw)
   lowpass     top-1 vs Fourier low-pass cut-off (--data ...,
               --window circle|rectangle)
   masking     top-1 on original / background only / foreground only
@@ -356,14 +357,30 @@ def cmd_cls(args) -> dict:
   model = _model_only(args)
   n = modelinfo.num_layers(model)
   layers = cls_insertion.check(
-      model, _ints(args.layers) if args.layers else [0, n - 1])
+      model, _ints(args.layers) if args.layers else list(range(n + 1)),
+      args.mode)
   images, labels, desc = _dataset(args)
   model, params = _load_model(args, (r, r))
-  res = cls_insertion.top1_by_layer(model, params, images, labels, layers,
-                                    args.batch_size)
-  return {'data': desc, 'top1_by_insert_layer': {
-      str(k): round(100 * v, 2) for k, v in res.items()},
-          'note': 'insert layer 0 = the normal model'}
+  out = {'data': desc, 'mode': args.mode,
+         'protocol': cls_insertion.PROTOCOLS[args.mode],
+         'num_layers': n, 'top1_by_insert_layer': {},
+         'note': f'insert layer 0 = the normal model; {n} = the class token '
+                 'never meets the patch tokens', **_meta(args)}
+  json_path = os.path.join(args.out, 'cls.json')
+  for k in layers:
+    acc = cls_insertion.top1(model, params, images, labels, k, args.mode,
+                             args.batch_size)
+    out['top1_by_insert_layer'][str(k)] = round(100 * acc, 2)
+    print(f'cls ({args.mode}) k={k}: top-1 {100 * acc:.2f}%',
+          file=sys.stderr, flush=True)
+    _write_json(json_path, out)  # progress survives an interruption
+  top1 = out['top1_by_insert_layer']
+  out['figures'] = [figures.cls_insertion(
+      layers, [top1[str(k)] for k in layers],
+      os.path.join(args.out, f'cls_{args.mode}.png'),
+      f'CLS late insertion: {args.model} on {desc}\n'
+      f'{cls_insertion.PROTOCOLS[args.mode]}', n)]
+  return out
 
 
 def _curve(args, name: str, xs: Sequence[float], transform_for,
@@ -633,9 +650,25 @@ def parser() -> argparse.ArgumentParser:
                  help='feature of the locality measure and per-image maps')
   s.add_argument('--per_side', type=int, default=3,
                  help='locality: per_side^2 probed patch positions per image')
-  s = common('cls', 'CLS late insertion', data=True)
+  s = common('cls', 'CLS late insertion: top-1 vs the block k where the '
+             'class token joins the patch tokens', data=True)
+  s.description = (
+      'CLS late insertion (Ghiasi et al. 2022). The class token joins the '
+      'patch tokens only before block k (k = 0: the normal model; k = L: '
+      'never). --mode alone (default, the authors\' experiments/it17/cls.py): '
+      'before block k the class token (learned token + position row 0) runs '
+      'through blocks 0..k-1 alone, a one-token sequence attending only to '
+      'itself, while the patch tokens run through them without it; then '
+      'blocks k..L-1, final norm, token 0, head. --mode raw: the untouched '
+      'class token is prepended before block k. Writes cls.json and '
+      'cls_MODE.png (top-1 vs k).')
   s.add_argument('--layers', default='',
-                 help='insertion blocks (default 0 and L-1)')
+                 help='insertion blocks k, each in 0..L (default: all, '
+                 '0,1,...,L)')
+  s.add_argument('--mode', default='alone',
+                 help='what the class token does before block k: alone '
+                 '(through the blocks by itself; the authors\' protocol) or '
+                 'raw (skips them)')
   s = common('lowpass', 'top-1 vs Fourier low-pass cut-off (ideal window; '
              'the DC term always kept; real part; clipped to [-1, 1])',
              data=True)

@@ -80,6 +80,18 @@ def test_lowpass_masking_and_compare(folder, tmp_path, capsys):
                                 'mu/16, foreground patches removed']
 
 
+def test_cls_every_k_with_mode_and_figure(folder, tmp_path, capsys):
+  rc, _ = _run(['cls', '--out', str(tmp_path), *MU, '--num_classes', '2',
+                '--data', str(folder), '--batch_size', '4'], capsys)
+  assert rc == 0
+  res = json.loads((tmp_path / 'cls.json').read_text())
+  assert res['mode'] == 'alone' and 'alone' in res['protocol']
+  assert list(res['top1_by_insert_layer']) == ['0', '1', '2']  # k = 0..L
+  # k = L: one class for every image; 3 of the 6 images are of each class
+  assert res['top1_by_insert_layer']['2'] == 50.0
+  assert (tmp_path / 'cls_alone.png').stat().st_size > 1000
+
+
 def test_featvis_and_spatial(folder, tmp_path, capsys):
   rc, _ = _run(['featvis', '--out', str(tmp_path), *MU, '--features',
                 'mlp:1:1,mlp:1:2', '--steps', '3', '--copies', '2',
@@ -111,7 +123,9 @@ def test_featvis_and_spatial(folder, tmp_path, capsys):
     (['spatial', '--index', '999', '--images', 'IMG'],
      'mlp feature index 999 is out of range: allowed 0..127'),
     (['cls', '--layers', '3', '--data', 'FOLDER'],
-     'layer 3 is out of range: allowed 0..1'),
+     'insertion layer 3 is out of range: allowed 0..2'),
+    (['cls', '--mode', 'late', '--data', 'FOLDER'],
+     "mode 'late' is not known: allowed alone, raw"),
     (['lowpass', '--fractions', '2', '--data', 'FOLDER'],
      'cut-off 2.0 is out of range: allowed 0.0..1.0'),
     (['masking', '--protocol', 'center_box_patches', '--remove', 'sky',

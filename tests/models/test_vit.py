@@ -65,28 +65,40 @@ def test_cls_insertion():
       base, model.apply({'params': params}, x, cls_insert_layer=0))
   late, inter = intermediates.apply(model, params, x, cls_insert_layer=2)
   assert not np.allclose(base, late)
-  # blocks before the insertion see only the 4 patch tokens
+  # blocks before the insertion: the 4 patch tokens' pass (the class token
+  # runs through them alone); block 2 sees all 5 tokens
   assert inter['attention'][0].shape[-1] == 4
   assert inter['attention'][2].shape[-1] == 5
-  with pytest.raises(ValueError, match=r'cls_insert_layer=3 .*\[0, 2\]'):
-    model.apply({'params': params}, x, cls_insert_layer=3)
+  with pytest.raises(ValueError, match=r'cls_insert_layer=4 .*\[0, 3\]'):
+    model.apply({'params': params}, x, cls_insert_layer=4)
+  # known answers against a numpy reference: tests/models/
+  # test_cls_late_insertion.py
 
 
-@pytest.mark.parametrize('insert', [0, 2])
-def test_last_block_computes_the_class_token_alone_same_function(insert):
+@pytest.mark.parametrize('insert,mode', [
+    (0, 'alone'), (2, 'alone'), (3, 'alone'), (3, 'raw')])
+def test_last_block_computes_the_class_token_alone_same_function(insert,
+                                                                 mode):
   model, params, x = setup('mu/16', num_layers=3)
-  full = lambda p: intermediates.apply(model, p, x,
-                                       cls_insert_layer=insert)[0]
-  fast = lambda p: model.apply({'params': p}, x, cls_insert_layer=insert)
+  kw = dict(cls_insert_layer=insert, cls_insert_mode=mode)
+  full = lambda p: intermediates.apply(model, p, x, **kw)[0]
+  fast = lambda p: model.apply({'params': p}, x, **kw)
   np.testing.assert_allclose(fast(params), full(params), rtol=1e-5, atol=1e-6)
   loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
       jax.grad(loss(fast))(params), jax.grad(loss(full))(params))
-  # ... and does less: the last block's MLP sees one row
-  jaxpr = str(jax.make_jaxpr(fast)(params))
-  assert 'f32[2,1,128]' in jaxpr
-  assert 'f32[2,1,128]' not in str(jax.make_jaxpr(full)(params))
+  fast_jaxpr = str(jax.make_jaxpr(fast)(params))
+  full_jaxpr = str(jax.make_jaxpr(full)(params))
+  if insert == 3:  # k = L: nothing reads the patch tokens; not computed
+    assert 'f32[2,4,128]' in full_jaxpr
+    assert 'f32[2,4,128]' not in fast_jaxpr
+  elif insert == 0 or mode == 'raw':  # ... and does less: the last block's
+    assert 'f32[2,1,128]' in fast_jaxpr  # MLP sees one row
+    assert 'f32[2,1,128]' not in full_jaxpr
+  else:  # the class token's solo passes are one row anyway; only the last
+    assert 'f32[2,5,128]' in full_jaxpr  # block sees all 5 tokens
+    assert 'f32[2,5,128]' not in fast_jaxpr
 
 
 def test_dropout_only_in_training():

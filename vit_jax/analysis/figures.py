@@ -210,6 +210,32 @@ def bars(groups: Sequence[str], values: dict, path: str,
   return _save(fig, path)
 
 
+def cls_insertion(layers, top1, path: str, title: str,
+                  num_layers: int) -> str:
+  """Top-1 (%) vs the block k before which the class token joins the patch
+  tokens; the k = 0 value (the normal model), if measured, as a dashed line."""
+  layers, top1 = list(layers), list(top1)
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  ax.plot(layers, top1, marker='o', ms=5, lw=1.8, label='measured')
+  for k, v in zip(layers, top1):
+    ax.annotate(f'{v:.1f}', (k, v), textcoords='offset points',
+                xytext=(0, 6), ha='center', fontsize=8)
+  if 0 in layers:
+    base = top1[layers.index(0)]
+    ax.axhline(base, ls='--', lw=1, color='gray',
+               label=f'k = 0, normal model: {base:.2f} %')
+  ax.set_xticks(range(num_layers + 1))
+  ax.set_xlim(-0.5, num_layers + 0.5)
+  ax.set_ylim(0, 100)
+  ax.set_xlabel(f'k: class token joins the patch tokens before block k '
+                f'(k = {num_layers}: never)', fontsize=10)
+  ax.set_ylabel('top-1 (%)', fontsize=10)
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=9, loc='lower left')
+  return _save(fig, path)
+
+
 def spatial(image, maps, locality, path: str, title: str = '') -> str:
   """A feature's map per block [L, h, w] on the image, with its locality."""
   maps = np.asarray(maps)

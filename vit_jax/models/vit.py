@@ -32,6 +32,8 @@ from vit_jax.models import resnet
 
 Classifier = Literal['token', 'gap', 'map', 'unpooled', 'token_unpooled']
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+ClsInsertMode = Literal['alone', 'raw']
+CLS_INSERT_MODES = ('alone', 'raw')
 Dtype = jnp.dtype
 
 # Hidden size, MLP size, heads, layers of the standard sizes (ViT paper table 1;
@@ -292,10 +294,22 @@ class PositionEmbedding(nn.Module):
 class Encoder(nn.Module):
   """Position embedding, `num_layers` blocks and the final LayerNorm.
 
-  The class token (if any) gets row 0 of the position embedding. Normally it is
-  prepended before the first block; `cls_insert_layer=k` keeps it out of blocks
-  0..k-1 and prepends it just before block k (the CLS late-insertion probe of
-  Ghiasi et al. 2022).
+  The class token (if any) gets row 0 of the position embedding and is
+  normally prepended before the first block. `cls_insert_layer=k` (0..L) is
+  the CLS late-insertion probe of Ghiasi et al. 2022: the class token joins
+  the patch tokens only before block k (k = L: never), and before that
+  `cls_insert_mode` says what it does:
+    'alone' (default; the authors' `experiments/it17/cls.py`): it runs
+      through blocks 0..k-1 by itself, as a one-token sequence that attends
+      only to itself, with the same block parameters; the patch tokens run
+      through those blocks without it.
+    'raw': it skips blocks 0..k-1; the token prepended before block k is the
+      raw one (learned token + position row 0).
+  Either way the patch tokens never see the class token before block k.
+  Intermediates of blocks 0..k-1 (`tokens` [B, N, D], `attention`
+  [B, heads, N, N], `mlp_hidden`) are those of the patch tokens; the class
+  token's one-token pass is recorded after them in the same `sow` tuple,
+  which `intermediates.collect` drops.
   """
   num_layers: int
   mlp_dim: int
@@ -310,13 +324,23 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, cls=None, *, cls_insert_layer: int = 0,
-               train: bool = False, class_token_only: bool = False):
+               cls_insert_mode: ClsInsertMode = 'alone', train: bool = False,
+               class_token_only: bool = False):
     """Tokens [B, N, D] (and the class token [1, 1, D] or None) -> encoded
     tokens [B, N(+1), D]; with `class_token_only` (needs `cls`), only the
     class token's [B, 1, D], and the last block computes that row alone
     (`EncoderBlock.first_token_only`)."""
     if class_token_only and cls is None:
       raise ValueError('class_token_only needs a class token')
+    k, n_layers = cls_insert_layer, self.num_layers
+    if cls is None and k:
+      raise ValueError(f'cls_insert_layer={k} needs a class token')
+    if not 0 <= k <= n_layers:
+      raise ValueError(f'cls_insert_layer={k} is out of range '
+                       f'[0, {n_layers}]')
+    if cls_insert_mode not in CLS_INSERT_MODES:
+      raise ValueError(f'cls_insert_mode={cls_insert_mode!r}; allowed: '
+                       f'{", ".join(CLS_INSERT_MODES)}')
     b, n, d = x.shape
     n_prefix = 0 if cls is None else 1
     pe = PositionEmbedding((1, n_prefix + n, d), self.param_dtype,
@@ -324,19 +348,26 @@ class Encoder(nn.Module):
     x = x + pe[:, n_prefix:].astype(x.dtype)
     if cls is not None:
       cls = jnp.broadcast_to(cls + pe[:, :1], (b, 1, d)).astype(x.dtype)
-      if not 0 <= cls_insert_layer < self.num_layers:
-        raise ValueError(f'cls_insert_layer={cls_insert_layer} is out of '
-                         f'range [0, {self.num_layers - 1}]')
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
-    for i in range(self.num_layers):
-      if cls is not None and i == cls_insert_layer:
-        x = jnp.concatenate([cls, x], axis=1)
-      x = block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
-                    self.attention_dropout_rate, self.dtype, self.param_dtype,
-                    self.attention_impl,
-                    class_token_only and i == self.num_layers - 1,
-                    self.mlp_activation, name=f'encoderblock_{i}')(x, deterministic=not train)
+    blocks = [
+        block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
+                  self.attention_dropout_rate, self.dtype, self.param_dtype,
+                  self.attention_impl,
+                  class_token_only and i == n_layers - 1,
+                  self.mlp_activation, name=f'encoderblock_{i}')
+        for i in range(n_layers)]
+    # With k = L and only the class token read, the patch tokens are unused.
+    patches_read = not (class_token_only and k == n_layers)
+    for i in range(k):  # k > 0 only with a class token
+      if patches_read:  # first, so that its intermediates are the ones kept
+        x = blocks[i](x, deterministic=not train)
+      if cls_insert_mode == 'alone':
+        cls = blocks[i](cls, deterministic=not train)  # [B, 1, D]
+    if cls is not None:
+      x = jnp.concatenate([cls, x], axis=1) if patches_read else cls
+    for i in range(k, n_layers):
+      x = blocks[i](x, deterministic=not train)
     return nn.LayerNorm(name='encoder_norm', dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
 
@@ -447,8 +478,14 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False,
-               cls_insert_layer: int = 0):
-    """Maps images [B, H, W, 3] to logits [B, num_classes] (see class doc)."""
+               cls_insert_layer: int = 0,
+               cls_insert_mode: ClsInsertMode = 'alone'):
+    """Maps images [B, H, W, 3] to logits [B, num_classes] (see class doc).
+
+    `cls_insert_layer=k` (0..num_layers) and `cls_insert_mode` ('alone' or
+    'raw'): the CLS late-insertion probe, see `Encoder`; k = 0 is the normal
+    model.
+    """
     if self.classifier not in CLASSIFIERS:
       raise ValueError(f'classifier={self.classifier!r}; allowed: '
                        f'{", ".join(CLASSIFIERS)}')
@@ -477,7 +514,8 @@ class VisionTransformer(nn.Module):
                 self.dropout_rate, self.attention_dropout_rate, self.remat,
                 attention_impl=self.attention_impl,
                 mlp_activation=self.mlp_activation, name='Transformer', **kw)(
-                    x, cls, cls_insert_layer=cls_insert_layer, train=train,
+                    x, cls, cls_insert_layer=cls_insert_layer,
+                    cls_insert_mode=cls_insert_mode, train=train,
                     class_token_only=class_token_only)
 
     if self.classifier == 'token':
