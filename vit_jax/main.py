@@ -22,6 +22,7 @@ import importlib.util
 import logging as pylogging
 import os
 import sys
+import warnings
 
 from absl import app
 from absl import flags
@@ -134,6 +135,11 @@ def main(argv) -> int:
   if not verbose:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO
     logging.get_absl_handler().addFilter(_NoLoggedTracebacks())
+    # Leftovers of a failed asynchronous save (asyncio callbacks on closed
+    # loops) are reported as unraisable at exit; the error line said it all.
+    sys.unraisablehook = lambda unraisable: None
+    warnings.filterwarnings('ignore', message='coroutine .* was never awaited',
+                            category=RuntimeWarning)
   try:
     init_distributed()
     run(FLAGS.config, FLAGS.workdir)

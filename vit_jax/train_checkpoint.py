@@ -111,9 +111,10 @@ class TrainCheckpointer:
     except Exception:  # pylint: disable=broad-except
       pass
     intact = [s for s in self.all_steps() if s != step]
-    keep = (f'steps {", ".join(map(str, intact))} are intact; rerun the same '
-            f'command to resume from step {intact[-1]}' if intact else
-            'no earlier checkpoint exists')
+    keep = (f'earlier checkpoints are intact (steps '
+            f'{", ".join(map(str, intact))}): rerun the same command to '
+            f'resume from step {intact[-1]}' if intact else
+            'there is no earlier checkpoint')
     raise CheckpointError(
         f'saving checkpoint step {step} in {self.directory} failed: '
         f'{_save_failure(e)}; {keep}') from None
