@@ -309,8 +309,9 @@ def find_checkpoint(path: str) -> tuple[epath.Path, int]:
                           + '; '.join(reasons))
 
 
-def load_params(path: str) -> PyTree:
-  """The `params` of one of our Orbax checkpoints (as host arrays).
+def load_state(path: str) -> PyTree:
+  """Everything one of our Orbax checkpoints holds (step, params, optimizer
+  state, rng) as a tree of host arrays, whatever mesh wrote it.
 
   `path` is a workdir, its `checkpoints/` dir or one `checkpoints/<step>/`.
   """
@@ -318,11 +319,18 @@ def load_params(path: str) -> PyTree:
   item = directory / str(step) / 'default'
   with ocp.StandardCheckpointer() as ckpt:
     meta = ckpt.metadata(item).item_metadata
-    # Read every array onto this process's first device, whatever mesh
-    # wrote it.
+    # Read every array onto this process's first device.
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
         dict(meta))
     restored = ckpt.restore(item, target)
-  return jax.tree.map(jax.device_get, restored['params'])
+  return jax.tree.map(jax.device_get, restored)
+
+
+def load_params(path: str) -> PyTree:
+  """The `params` of one of our Orbax checkpoints (as host arrays).
+
+  `path` is a workdir, its `checkpoints/` dir or one `checkpoints/<step>/`.
+  """
+  return load_state(path)['params']
