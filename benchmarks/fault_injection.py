@@ -13,10 +13,10 @@ each fault, and prints a table `case | expected | observed | ok`:
                   rerun: the same
   sigterm         SIGTERM mid-run (preemption): saves, exits 0; rerun: same
   truncate, delete_metadata, flip_bytes
-                  the newest checkpoint of a finished 30-step run corrupted
-                  (largest data file cut to 100 bytes / default/_METADATA
-                  deleted / 64 bytes flipped), rerun to 40 steps: falls back
-                  to step 20, ends equal to the straight run
+                  the newest checkpoint (40) of a copy of the straight run
+                  corrupted (largest data file cut to 100 bytes /
+                  default/_METADATA deleted / 64 bytes flipped), rerun: falls
+                  back to step 30, ends equal to the straight run
   concurrent      a second run on the workdir of a running one: refused,
                   one line naming the owner
   batch_size      a resume with another batch_size: refused by name; with
@@ -213,23 +213,23 @@ class Bench:
 
   def _corrupt(self, name, damage):
     w = self.root / name
-    r = run(w, '--config.total_steps=30')
-    if r.proc.returncode != 0:
-      return ('falls back', f'30-step run failed: {short(r.stderr())}', False)
-    step_dir = w / 'checkpoints' / '30'
-    damage(step_dir)
+    shutil.copytree(self.straight_dir, w)  # a finished run: steps 20, 30, 40
+    damage(w / 'checkpoints' / str(TOTAL))
     r = run(w)
     skipped = [l for l in r.stdout().splitlines()
-               if l.startswith('checkpoint step 30 skipped')]
+               if l.startswith(f'checkpoint step {TOTAL} skipped')]
     resumed = [l for l in r.stdout().splitlines()
                if l.startswith('resuming from')]
     same = r.proc.returncode == 0 and equal_states(final_state(w),
                                                    self.straight)
     observed = (f'"{short(skipped[0], 90) if skipped else "no skip line"}", '
-                f'{resumed[0].rsplit("/", 1)[1] if resumed else "no resume"}'
+                f'resumed at '
+                f'{resumed[0].rsplit("/", 1)[1] if resumed else "none"}'
                 f', final {"==" if same else "!="} straight')
-    return ('skips 30, resumes 20, == straight', observed,
-            bool(skipped) and resumed and resumed[0].endswith('/20') and same)
+    prev = TOTAL - EVERY
+    return (f'skips {TOTAL}, resumes at {prev}, == straight', observed,
+            bool(skipped) and bool(resumed)
+            and resumed[0].endswith(f'/{prev}') and same)
 
   def truncate(self):
     def damage(d):

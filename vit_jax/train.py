@@ -31,7 +31,6 @@ import signal
 import time
 from typing import Any, Callable, Iterator, Optional
 
-from etils import epath
 import flax
 import jax
 from jax.experimental import multihost_utils
