@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500       # also at the end; 0 = only at the end
   c.keep_checkpoints = 3
   c.async_checkpoints = True
+  # A resume refuses a config that changes the meaning of the recorded run
+  # (vit_jax.config_record) unless the changed keys are listed here
+  # (comma-separated keys or prefixes, e.g. 'batch_size,optim', or 'all').
+  c.allow_config_change = ''
   return c
 
 

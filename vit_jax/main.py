@@ -8,11 +8,21 @@ pods and SLURM), then dispatches on `config.trainer`:
   train           vit_jax.train.train_and_evaluate(config, workdir)
   evaluate        vit_jax.evaluate.run(config, workdir)
   inference_time  vit_jax.inference_time.run(config, workdir)
+
+Every failure ends with one line `error: ...` on stderr and exit status 1
+(no traceback): the errors a user can cause (a bad config, a workdir in use
+or unusable, a refused resume, no restorable checkpoint, a full disk, a
+diverged loss) name what to change; anything else is shown as its type and
+first line. Tracebacks that libraries log for errors they pass on to us are
+dropped too. `--verbosity=...` (any value) keeps them and re-raises
+unexpected errors with their traceback.
 """
 
 import importlib.util
+import logging as pylogging
 import os
 import sys
+import warnings
 
 from absl import app
 from absl import flags
@@ -97,18 +107,53 @@ def parse_flags(argv):
     sys.exit(2)
 
 
+class _NoLoggedTracebacks(pylogging.Filter):
+  """Drops log records that carry a traceback (Orbax logs the exceptions of
+  its background threads before raising them again in ours)."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return not record.exc_info
+
+
+def error_line(e: BaseException) -> str:
+  """`error: ...`, one line: the message of a ValueError (the errors a user
+  can cause), else the exception's type and the first line of its message."""
+  text = str(e).strip()
+  lines = text.splitlines() or ['']
+  first = lines[0] + (' [...]' if len(lines) > 1 else '')
+  if not isinstance(e, ValueError):
+    first = f'{type(e).__name__}: {first}' if first else type(e).__name__
+  return f'error: {first}'
+
+
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError('--config and --workdir are required')
-  if not FLAGS['verbosity'].present:
+  verbose = FLAGS['verbosity'].present
+  if not verbose:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO
-  init_distributed()
+    logging.get_absl_handler().addFilter(_NoLoggedTracebacks())
+    # Leftovers of a failed asynchronous save (asyncio callbacks on closed
+    # loops) are reported as unraisable at exit; the error line said it all.
+    sys.unraisablehook = lambda unraisable: None
+    warnings.filterwarnings('ignore', message='coroutine .* was never awaited',
+                            category=RuntimeWarning)
   try:
+    init_distributed()
     run(FLAGS.config, FLAGS.workdir)
-  except ValueError as e:  # config / data errors: one line, no traceback
-    print(f'error: {e}', file=sys.stderr)
+  except KeyboardInterrupt:
+    print('error: interrupted', file=sys.stderr)
+    return 130
+  except ValueError as e:  # the errors a user can cause: one line
+    print(error_line(e), file=sys.stderr)
+    return 1
+  except Exception as e:  # pylint: disable=broad-except
+    if verbose:
+      raise
+    print(error_line(e) + ' (rerun with --verbosity=-1 for the traceback)',
+          file=sys.stderr)
     return 1
   return 0
 

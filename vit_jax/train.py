@@ -13,8 +13,16 @@ processes (`jax.distributed`): each process feeds its slice of the global
 batch and the step sees one global `jax.Array`.
 
 Resume: restarting with the same workdir restores step, params, optimizer
-state and RNG from the last complete checkpoint, and the input pipeline
-restarts at `start_step=step`, so N + N steps equal 2N straight steps.
+state and RNG from the newest checkpoint that verifies and loads, and the
+input pipeline restarts at `start_step=step`, so N + N steps equal 2N
+straight steps.
+
+Safety: a run holds `WORKDIR/lock` (`vit_jax.workdir_lock`); a resume with a
+config that changes the meaning of the run is refused
+(`vit_jax.config_record`), and the config is recorded only once every check
+passed; a NaN/Inf loss or gradient norm stops the run before anything more
+is saved (`TrainingDiverged`); a failed save stops it with a
+`train_checkpoint.CheckpointError`. All of them are one-line ValueErrors.
 """
 
 import dataclasses
@@ -23,7 +31,6 @@ import signal
 import time
 from typing import Any, Callable, Iterator, Optional
 
-from etils import epath
 import flax
 import jax
 from jax.experimental import multihost_utils
@@ -32,6 +39,7 @@ import numpy as np
 import optax
 
 from vit_jax import config_lib
+from vit_jax import config_record
 from vit_jax import dataset_info as dataset_info_lib
 from vit_jax import device_data
 from vit_jax import evaluate
@@ -40,8 +48,10 @@ from vit_jax import microbatch
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import pretrained
+from vit_jax import process_agree
 from vit_jax import sharding
 from vit_jax import train_checkpoint
+from vit_jax import workdir_lock
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -174,6 +184,8 @@ class Setup:
   init_fn: Callable              # () -> sharded fresh TrainState
   eval_step: Callable
   checkpointer: train_checkpoint.TrainCheckpointer
+  # (step, reason) of the checkpoints the last restore skipped.
+  skipped: list = dataclasses.field(default_factory=list)
 
   def eval_batches(self) -> Iterator[dict]:
     return self.input.eval_iterator(
@@ -185,12 +197,16 @@ class Setup:
         seed=self.config.seed, start_step=start_step)
 
   def restore_or_init(self) -> TrainState:
-    """The latest checkpoint of the workdir, else a fresh (or pretrained)
-    state."""
-    step = self.checkpointer.latest_step()
-    if step is not None:
+    """The newest checkpoint of the workdir that verifies and loads (the
+    ones skipped are in `self.skipped`), else a fresh (or pretrained)
+    state. Raises train_checkpoint.CheckpointError if there are checkpoints
+    but none can be restored."""
+    found = self.checkpointer.restore_latest(self.abstract_state,
+                                             lambda st: int(st.step))
+    if found is not None:
+      step, state, self.skipped = found
       metrics.log(f'resuming from {self.checkpointer.directory}/{step}')
-      return self.checkpointer.restore(step, self.abstract_state)
+      return state
     state = self.init_fn()
     if self.config.pretrained_path:
       state = self._load_pretrained(state)
@@ -313,11 +329,84 @@ class _StopFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _write_config(config, workdir: str) -> None:
-  if jax.process_index() == 0:
-    path = epath.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+class TrainingDiverged(ValueError):
+  """The loss or gradient norm became NaN or Inf (one-line message)."""
+
+
+class _FiniteWatch:
+  """Remembers, on device, the first step whose loss or gradient norm is not
+  finite; `raise_if_bad` reads it back (one small transfer), so the loop
+  needs no per-step host sync."""
+
+  def __init__(self, s: Setup):
+    self._s = s
+    self._first = jax.device_put(
+        (jnp.int32(-1), jnp.float32(0), jnp.float32(0)), s.replicated)
+
+    def update(first, step, loss, grad_norm):
+      bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+      new = (first[0] < 0) & bad
+      return (jnp.where(new, step, first[0]),
+              jnp.where(new, loss.astype(jnp.float32), first[1]),
+              jnp.where(new, grad_norm.astype(jnp.float32), first[2]))
+
+    self._update = jax.jit(update, out_shardings=s.replicated)
+
+  def update(self, step: int, m: dict) -> None:
+    self._first = self._update(self._first, jnp.int32(step), m['loss'],
+                               m['grad_norm'])
+
+  def message(self) -> Optional[str]:
+    step, loss, grad_norm = (v.item() for v in jax.device_get(self._first))
+    if step < 0:
+      return None
+    last = self._s.checkpointer.latest_step()
+    lr = float(self._s.schedule(step - 1))
+    return (f'training diverged: loss {loss} (grad_norm {grad_norm}, lr '
+            f'{lr:.3g}) at step {step}; stopped before saving it (last '
+            f'checkpoint: {"none" if last is None else f"step {last}"}); '
+            f'lower config.optim.base_lr={self._s.config.optim.base_lr}')
+
+  def raise_if_bad(self) -> None:
+    msg = self.message()
+    if msg:
+      raise TrainingDiverged(msg)
+
+
+def _check_resume(s: Setup) -> None:
+  """Refuses (one-line ValueError) a resume whose config changes the meaning
+  of the recorded run; prints the changes that are allowed."""
+  if not s.checkpointer.all_steps():
+    return
+
+  def check() -> str:
+    recorded = config_record.read(s.workdir)
+    if recorded is None:
+      return (f'warning: {s.workdir}/{config_record.RECORD} is missing: '
+              'resuming without checking the config against the run\'s')
+    return '\n'.join(config_record.check_resume(s.config, recorded,
+                                                s.workdir))
+
+  for line in filter(None, process_agree.from_process_0(check).split('\n')):
+    metrics.log(line)
+
+
+def _check_total_steps(s: Setup, start: int) -> None:
+  c = s.config
+  if start and c.total_steps < start:
+    raise ValueError(
+        f'config.total_steps={c.total_steps} is below step {start} of the '
+        f'checkpoint being resumed ({s.checkpointer.directory}/{start})')
+  recorded = process_agree.from_process_0(lambda: str(
+      (config_record.read(s.workdir) or {}).get('total_steps', '')))
+  if start and recorded and int(recorded) != c.total_steps:
+    old = optim.make(c.optim, total_steps=int(recorded),
+                     warmup_steps=c.warmup_steps)[1]
+    metrics.log(
+        f'config.total_steps {recorded} -> {c.total_steps} on resume: the lr '
+        f'schedule now spans {c.total_steps} steps (lr at step {start + 1}: '
+        f'{float(s.schedule(start)):.3g}, {float(old(start)):.3g} under the '
+        'recorded total)')
 
 
 def _check_batch(batch: dict, config, local_batch: int) -> None:
@@ -333,31 +422,62 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
                        stop_after: Optional[int] = None) -> dict[str, Any]:
   """Trains `config.total_steps` steps, evaluating and checkpointing.
 
+  Holds the workdir's lock for the whole run (`vit_jax.workdir_lock`).
+
   Args:
     config: the experiment config (see configs/common.py).
     workdir: checkpoints, TensorBoard events and config.json go here; an
-      existing checkpoint there is resumed.
+      existing checkpoint there is resumed (after the config check of
+      `vit_jax.config_record`).
     devices: the devices of the mesh (default: all).
     stop_after: stop (with a checkpoint) after this many steps of *this*
       invocation, as if preempted; for tests of resume.
 
   Returns:
-    {'step', 'train_losses': {step: loss}, 'eval': last eval metrics}.
+    {'step', 'train_losses': {step: loss}, 'eval': last eval metrics,
+    'state'}.
+
+  Raises:
+    ValueError (one line): a bad config, a workdir in use or unusable, a
+      refused resume, no restorable checkpoint, a failed save
+      (train_checkpoint.CheckpointError), a diverged loss (TrainingDiverged).
   """
-  _write_config(config, workdir)
+  with workdir_lock.WorkdirLock(workdir):
+    return _train(config, workdir, devices, stop_after)
+
+
+def _train(config, workdir: str, devices, stop_after: Optional[int]
+           ) -> dict[str, Any]:
   s = setup(config, workdir, devices)
+  try:
+    return _run(s, stop_after)
+  except BaseException:
+    s.checkpointer.close_quietly()
+    raise
+
+
+def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
+  config, workdir = s.config, s.workdir
   metrics.log(f'mesh {dict(s.mesh.shape)} on {s.mesh.size} devices, '
               f'{jax.process_count()} processes; model {config.model_name}; '
               f'{s.info.num_train} train / {s.info.num_eval} eval examples, '
               f'{s.info.num_classes} classes')
+  _check_resume(s)
   state = s.restore_or_init()
+  start = int(state.step)
+  _check_total_steps(s, start)
+  # Every check passed: the workdir becomes this run's.
+  s.checkpointer.move_aside([step for step, _ in s.skipped])
+  s.checkpointer.remove_unfinished()
+  if jax.process_index() == 0:
+    config_record.write(config, workdir)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   metrics.log(f'{n_params:,} parameters')
-  start = int(state.step)
   step_fn = make_train_step(s)
   writer = metrics.MetricWriter(workdir)
   progress = metrics.Progress(config.total_steps, config.batch_size, start)
   stop = _StopFlag()
+  watch = _FiniteWatch(s)
   local_batch = config.batch_size // jax.process_count()
 
   def host_batches():
@@ -365,6 +485,10 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
       if i == 0:
         _check_batch(b, config, local_batch)
       yield b
+
+  def save(step, state):
+    watch.raise_if_bad()  # never checkpoint a diverged state
+    s.checkpointer.save(step, state, force=True)
 
   batches = device_data.prefetch(host_batches(), s.batch_sharding,
                                  config.data.prefetch)
@@ -377,7 +501,10 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
     while step < config.total_steps:
       state, m = step_fn(state, next(batches))
       step += 1
+      watch.update(step, m)
+      s.checkpointer.check()  # a failed background save stops the run now
       if step % config.log_every == 0 or step == config.total_steps:
+        watch.raise_if_bad()
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         losses[step] = m['loss']
         p = progress.update(step)
@@ -389,26 +516,27 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
         writer.write(step, {**m, 'img_per_sec': p['img_per_sec']}, 'train/')
       if (config.eval_every and step % config.eval_every == 0
           or step == config.total_steps):
+        watch.raise_if_bad()
         last_eval = _eval(s, state, step, writer)
         progress.update(step)  # img/s counts training time only
       if (config.checkpoint_every and step % config.checkpoint_every == 0
           or step == config.total_steps):
-        s.checkpointer.save(step, state, force=True)
+        save(step, state)
       if stop.stop or (stop_after is not None and step - start >= stop_after):
         metrics.log(f'stopping at step {step}: saving a checkpoint')
         if s.checkpointer.latest_step() != step:
-          s.checkpointer.save(step, state, force=True)
+          save(step, state)
         break
   except KeyboardInterrupt:
     if (jax.process_count() == 1 and step > start
-        and s.checkpointer.latest_step() != step):
+        and s.checkpointer.latest_step() != step
+        and watch.message() is None):
       metrics.log(f'interrupted at step {step}: saving a checkpoint')
       s.checkpointer.save(step, state, force=True)
       s.checkpointer.wait()
     raise
   finally:
     stop.restore()
-    s.checkpointer.wait()
     writer.close()
   s.checkpointer.close()
   return {'step': step, 'train_losses': losses, 'eval': last_eval,
