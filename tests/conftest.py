@@ -39,3 +39,18 @@ def fast_compile():
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', False)
+
+
+def random_image_folder(root: pathlib.Path, classes, per_class: int,
+                        size: int = 32, seed: int = 0) -> pathlib.Path:
+  """<root>/<class>/<i>.png: `per_class` random uint8 RGB images of
+  size x size per class (an image-folder dataset for CLI tests)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  for c in classes:
+    (root / c).mkdir()
+    for i in range(per_class):
+      Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(
+          root / c / f'{i}.png')
+  return root

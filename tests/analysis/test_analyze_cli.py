@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import random_image_folder
 from vit_jax import analyze
 
 MU = ['--model', 'mu/16', '--resolution', '32']
@@ -15,14 +16,8 @@ MU = ['--model', 'mu/16', '--resolution', '32']
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
   """<root>/<class>/<n>.png, 2 classes x 3 images of 32x32."""
-  root = tmp_path_factory.mktemp('imgs')
-  rng = np.random.default_rng(0)
-  for c in ('cat', 'dog'):
-    (root / c).mkdir()
-    for i in range(3):
-      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
-          root / c / f'{i}.png')
-  return root
+  return random_image_folder(tmp_path_factory.mktemp('imgs'), ('cat', 'dog'),
+                             3)
 
 
 def _run(argv, capsys):

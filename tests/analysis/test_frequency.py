@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.conftest import random_image_folder
 from vit_jax import analyze
 from vit_jax.analysis import frequency
 
@@ -128,14 +128,8 @@ def test_unknown_window_names_the_allowed():
 @pytest.fixture(scope='module')
 def folder(tmp_path_factory):
   """<root>/<class>/<n>.png, 2 classes x 2 random 32x32 images."""
-  root = tmp_path_factory.mktemp('lp_imgs')
-  rng = np.random.default_rng(0)
-  for c in ('a', 'b'):
-    (root / c).mkdir()
-    for i in range(2):
-      Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
-          root / c / f'{i}.png')
-  return root
+  return random_image_folder(tmp_path_factory.mktemp('lp_imgs'), ('a', 'b'),
+                             2)
 
 
 def test_cli_records_the_window(folder, tmp_path, capsys):
