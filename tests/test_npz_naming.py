@@ -1,11 +1,11 @@
 """Linen-named `.npz` files (as the official Linen models write them) load
 into our models through `npz_naming.to_released_naming`.
 
-The fixtures linen_{vit,hybrid,mixer}_tiny.npz in tests/fixtures/official
-were written from the parameter trees of google-research/vision_transformer's
-own Linen models (tiny configs, values from `golden_inputs.random_params`),
-flattened with '/' by that repository's test utilities; linen_logits.npz has
-the official logits of each on fixed random images.
+tests/fixtures/official/golden_cases.json holds, per tiny model, the keys
+and shapes of google-research/vision_transformer's own Linen parameter tree
+(flattened with '/' by that repository's test utilities) and the official
+logits on `golden_inputs.random_images`; the values are
+`golden_inputs.random_params`, rebuilt here.
 """
 
 import json
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import golden_inputs
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import npz_naming
@@ -47,14 +48,22 @@ NAMING = {'vit_tiny': 'linen', 'hybrid_tiny': 'linen',
 
 
 def linen_file(case: str) -> dict[str, np.ndarray]:
-  with np.load(FIXTURES / LINEN[case]['file']) as z:
-    return {k: z[k] for k in z.files}
+  """The Linen-named checkpoint the official code read: its keys and shapes
+  (from the official Linen model's tree, in golden_cases.json) with the
+  values of `golden_inputs.random_params` (checked by their sha256)."""
+  c = LINEN[case]
+  flat = golden_inputs.random_params(c['shapes'], c['seed'])
+  assert golden_inputs.sha256_of_params(flat) == c['params_sha256'], (
+      f'{case}: the generated parameters differ from those the official '
+      'logits were computed with')
+  return flat
 
 
 def official(case: str) -> tuple[np.ndarray, np.ndarray]:
   """(images [2, 32, 32, 3], official logits [2, 5])."""
-  with np.load(FIXTURES / 'linen_logits.npz') as z:
-    return z[f'{case}.images'], z[f'{case}.logits']
+  c = LINEN[case]
+  return (golden_inputs.random_images(c['images_seed'], 2, c['image_size']),
+          np.asarray(c['official_logits'], np.float32))
 
 
 def init_shapes(model):
@@ -100,10 +109,11 @@ def test_released_naming_written_by_save_npz_gives_identical_logits(
 
 
 @pytest.mark.parametrize('case', sorted(OURS))
-def test_the_reader_converts_and_says_which_naming_it_read(case):
+def test_the_reader_converts_and_says_which_naming_it_read(tmp_path, case):
   """`checkpoint.read_npz` / `pretrained.read` (every loading path) take the
   Linen file as it is, and report its naming."""
-  path = str(FIXTURES / LINEN[case]['file'])
+  path = str(tmp_path / f'linen_{case}.npz')
+  np.savez(path, **linen_file(case))
   restored = pretrained.read(path)
   assert restored.naming == NAMING[case]
   assert f'npz, {NAMING[case]} naming' in restored.describe()

@@ -26,6 +26,7 @@ from vit_jax import pretrained
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'official'
 GOLDEN = json.loads((FIXTURES / 'golden_cases.json').read_text())
+GOLDEN_LOGITS = json.loads((FIXTURES / 'golden_logits.json').read_text())
 TOL = 1e-4  # max |logit difference|, float32
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -35,8 +36,7 @@ RANDOM = [n for n, c in golden_inputs.CASES.items() if 'seed' in c]
 
 
 def golden_logits(case: str) -> np.ndarray:
-  with np.load(FIXTURES / 'golden_logits.npz') as z:
-    return z[case]
+  return np.asarray(GOLDEN_LOGITS[case], np.float32)
 
 
 def case_input(shared_data, case: str) -> np.ndarray:
