@@ -10,7 +10,7 @@ DATA=${VIT_JAX_SHARED_DATA:-$PWD/../shared/data}
 CK=$DATA/checkpoints/ViT-Ti_16-augreg-i21k-ft-i1k-224.npz
 S=$DATA/imagenet_samples
 OUT=${OUT:-/tmp/an}
-A="python -m vit_jax.analyze"
+A="python -m vit_jax.analysis"
 
 imagenet() {
   local O=$OUT/imagenet

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-from vit_jax import bench  # pylint: disable=g-import-not-at-top
-from vit_jax.kernels import cpu_gemm  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
 from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
 
 # (input size, input features, output features, kernel, stride) of R26+S/32's
@@ -111,6 +111,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.maybe_reexec()
   sys.exit(main())

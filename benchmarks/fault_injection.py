@@ -110,8 +110,8 @@ def error_line(r: Run) -> Optional[str]:
 
 
 def final_state(workdir: pathlib.Path):
-  from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
-  return train_checkpoint.load_state(str(workdir / 'checkpoints' / str(TOTAL)))
+  from vit_jax.checkpoints import train_state  # pylint: disable=g-import-not-at-top
+  return train_state.load_state(str(workdir / 'checkpoints' / str(TOTAL)))
 
 
 def equal_states(a, b) -> bool:

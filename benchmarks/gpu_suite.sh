@@ -39,14 +39,14 @@ if want flags; then  # the B/16 training step under XLA:GPU flag variants
     [[ $flags == default ]] && flags=
     all_flags=$(echo "${XLA_FLAGS:-} $flags" | xargs)
     if [[ -n $all_flags ]]; then
-      XLA_FLAGS=$all_flags run flags 120 $PY -m vit_jax.bench \
+      XLA_FLAGS=$all_flags run flags 120 $PY -m vit_jax.perf.bench \
         "${B16_TRAIN[@]}" --batch=256 --steps=10 --warmup=3
     else
-      (unset XLA_FLAGS; run flags 120 $PY -m vit_jax.bench \
+      (unset XLA_FLAGS; run flags 120 $PY -m vit_jax.perf.bench \
         "${B16_TRAIN[@]}" --batch=256 --steps=10 --warmup=3)
     fi
   done
-  run flags 150 $PY -m vit_jax.bench "${B16_TRAIN[@]}" --batch=512 \
+  run flags 150 $PY -m vit_jax.perf.bench "${B16_TRAIN[@]}" --batch=512 \
     --steps=6 --warmup=2
 fi
 if want check; then

@@ -3,7 +3,7 @@
     python benchmarks/mlp_activation_ab.py --model=Ti/16 --mode=train
     python benchmarks/mlp_activation_ab.py --model=B/16 --mode=infer --rounds=4
 
-Compiles `vit_jax.bench.compile_step` once per `mlp_activation` (the default
+Compiles `vit_jax.perf.bench.compile_step` once per `mlp_activation` (the default
 'gelu_tanh', as the released checkpoints, and the exact 'gelu_erf'), then
 times them in alternating rounds on the same inputs and prints img/s of each
 and the ratio (median step time of gelu_erf / gelu_tanh: > 1 means the
@@ -21,7 +21,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from vit_jax import bench  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
 from vit_jax.models import gelu  # pylint: disable=g-import-not-at-top
 

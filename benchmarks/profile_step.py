@@ -5,7 +5,7 @@
     python benchmarks/profile_step.py --model=mu/16 --resolution=32 \
         --batch=2 --mode=train --top=5                       # smoke
 
-Compiles the same step as `vit_jax.bench` (inference, or one AdamW step),
+Compiles the same step as `vit_jax.perf.bench` (inference, or one AdamW step),
 runs it twice to warm up, then once under `jax.profiler.trace` with a
 Perfetto trace, and joins the trace's per-op durations with the optimized
 HLO of the step. Prints, largest first, one row per kind of op: summed
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-from vit_jax import bench  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
 
 _INSTR = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
@@ -260,6 +260,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.maybe_reexec()
   sys.exit(main())

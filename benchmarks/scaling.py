@@ -6,7 +6,7 @@
     python benchmarks/scaling.py --models=mu/16 --resolutions=32,64 \
         --batch=2 --steps=1                              # smoke
 
-Runs `vit_jax.bench.run` for every (model, resolution) in one process and
+Runs `vit_jax.perf.bench.run` for every (model, resolution) in one process and
 prints a markdown table: params, GFLOPs per image (forward, 2 x MACs), img/s,
 ms per step, achieved TFLOP/s, MFU, peak memory, compile seconds. A case that
 fails (e.g. out of memory) is reported in its row and the table goes on.
@@ -21,7 +21,7 @@ from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-from vit_jax import bench  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
 
 HEADER = ('| model | res | params (M) | GFLOPs/img | img/s | ms/step | '
           'TFLOP/s | MFU | peak mem (GiB) | compile (s) |\n'
@@ -80,6 +80,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.maybe_reexec()
   sys.exit(main())

@@ -21,7 +21,7 @@ not share a malloc heap: in one process, torch's tensors land in the memory
 XLA freed after its step, XLA's next step-sized buffer no longer fits, and
 the heap grows by ~1 GB with ~300 k page faults (several seconds of system
 time on a VM) in whichever step comes next, at random. The child inherits
-the environment, including the allocator tunables of `vit_jax.host_malloc`
+the environment, including the allocator tunables of `vit_jax.perf.host_malloc`
 (which spare torch its page faults too). On GPU both stay in this process
 (`same`): JAX preallocates most of the GPU memory for itself.
 
@@ -53,7 +53,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-from vit_jax import bench  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
 from vit_jax import models  # pylint: disable=g-import-not-at-top
 
 try:
@@ -104,7 +104,7 @@ def jax_step(case: Case, mode: str, dtype: str, resolution: int,
              remat: bool, attention_impl=None,
              parallel_microbatches: int = 0) -> tuple[Callable[[], Any], int]:
   """(no-argument callable running one compiled step of our model, number of
-  micro-batches it splits the batch into: `vit_jax.microbatch`)."""
+  micro-batches it splits the batch into: `vit_jax.perf.microbatch`)."""
   overrides = {'dtype': bench.DTYPES[dtype]}
   if remat:
     overrides['remat'] = True
@@ -161,7 +161,7 @@ def torch_step(case: Case, mode: str, dtype: str, resolution: int,
 
 def _faults() -> int:
   """Minor page faults of this process so far (a step that grows the heap
-  takes ~350 k on 4 KiB pages; steady steps ~0: `vit_jax.host_malloc`)."""
+  takes ~350 k on 4 KiB pages; steady steps ~0: `vit_jax.perf.host_malloc`)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
@@ -326,7 +326,7 @@ def parse_args(argv):
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'])
   p.add_argument('--parallel_microbatches', type=int, default=0,
                  help='our step\'s independent micro-batches (0: automatic, '
-                 'see vit_jax.microbatch)')
+                 'see vit_jax.perf.microbatch)')
   p.add_argument('--no_timm', action='store_true')
   p.add_argument('--timm_process', default='auto',
                  choices=['auto', 'separate', 'same'],
@@ -398,6 +398,6 @@ def _run_all(args, child: Optional[TimmProcess]) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.maybe_reexec()
   sys.exit(main())

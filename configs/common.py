@@ -30,7 +30,7 @@ PP_EVAL_CROP = ('decode|resize({resize_size})|central_crop({image_size})|'
 
 
 def data_config(**kw) -> ml_collections.ConfigDict:
-  """The `config.data` block: the contract with `vit_jax.input_pipeline`."""
+  """The `config.data` block: the contract with `vit_jax.data.input_pipeline`."""
   d = ml_collections.ConfigDict(dict(
       dataset='cifar10',         # tfds name | 'digits' | 'folder:/path' | dir
       train_split='train[:98%]',
@@ -48,7 +48,7 @@ def data_config(**kw) -> ml_collections.ConfigDict:
 
 
 def optim_config(**kw) -> ml_collections.ConfigDict:
-  """The `config.optim` block (see `vit_jax.optim`)."""
+  """The `config.optim` block (see `vit_jax.training.optim`)."""
   o = ml_collections.ConfigDict(dict(
       name='sgd',                # sgd | adamw
       base_lr=0.03,
@@ -90,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512
   c.accum_steps = 1              # micro-batches per step (grad accumulation)
   # Independent parts each (accumulation) micro-batch and eval batch is
-  # computed in, run side by side by XLA:CPU (vit_jax.microbatch); 0 = auto:
+  # computed in, run side by side by XLA:CPU (vit_jax.perf.microbatch); 0 = auto:
   # train 2 / eval 4 on a single-device CPU at <= 256 px, else 1.
   c.parallel_microbatches = 0
   c.total_steps = 10_000
@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Mesh axis sizes (-1 = the rest of the devices), partition rule set.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.partition_rules = 'default'  # see vit_jax.sharding.RULES
+  c.partition_rules = 'default'  # see vit_jax.training.sharding.RULES
 
   c.log_every = 10
   c.eval_every = 1000            # also at the end; 0 = only at the end
@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoints = True
   # A resume refuses a config that changes the meaning of the recorded run
-  # (vit_jax.config_record) unless the changed keys are listed here
+  # (vit_jax.training.config_record) unless the changed keys are listed here
   # (comma-separated keys or prefixes, e.g. 'batch_size,optim', or 'all').
   c.allow_config_change = ''
   return c
@@ -159,7 +159,7 @@ DATASETS = {
     'cifar10_folder': dict(total_steps=10_000, warmup_steps=500,
                            data=dict(dataset=f'folder:{SHARED_DATA}/cifar10',
                                      train_split='train', eval_split='test')),
-    # The same folder decoded once into memory (vit_jax.inmemory_input):
+    # The same folder decoded once into memory (vit_jax.data.inmemory):
     # fast on a CPU, used for the runs of docs/training.md.
     'cifar10_mem': dict(total_steps=10_000, warmup_steps=500,
                         data=dict(dataset=f'inmemory:{SHARED_DATA}/cifar10',

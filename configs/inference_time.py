@@ -6,7 +6,7 @@
         --config.batch_size=8 --config.modes=infer,train --workdir=/tmp/it
 
 The argument after ':' is a model name of the `vit_jax.models` registry.
-`vit_jax.inference_time.run` times each mode with `vit_jax.bench` and writes
+`vit_jax.perf.inference_time.run` times each mode with `vit_jax.perf.bench` and writes
 `inference_time.json` (img/s, FLOPs, MFU, memory, compile time) to workdir.
 """
 
@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.steps = 5                    # timed steps (median reported)
   c.warmup = 2
   c.remat = False
-  # Independent micro-batches per step (vit_jax.microbatch); 0 = automatic.
+  # Independent micro-batches per step (vit_jax.perf.microbatch); 0 = automatic.
   c.parallel_microbatches = 0
   c.attention_impl = ml_collections.FieldReference(None, field_type=str)
   c.num_classes = 1000

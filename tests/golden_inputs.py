@@ -22,7 +22,7 @@ from PIL import Image
 # Golden cases: model name (the official config's and our registry's),
 # image size, number of photos (the first of PHOTOS), and either the released
 # checkpoint (in the shared data) or the seed of `random_params` for a
-# checkpoint written by `vit_jax.checkpoint.save_npz` with `num_classes`.
+# checkpoint written by `vit_jax.checkpoints.npz.save_npz` with `num_classes`.
 RELEASED_TI16 = 'ViT-Ti_16-augreg-i21k-ft-i1k-224.npz'
 CASES = {
     'ViT-Ti_16@224': dict(model='ViT-Ti_16', size=224, photos=8,

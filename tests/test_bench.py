@@ -15,10 +15,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit_jax import bench
-from vit_jax import inference_time
+from vit_jax.perf import bench
+from vit_jax.perf import inference_time
 from vit_jax import models
-from vit_jax.models import flops
+from vit_jax.perf import flops
 from vit_jax.models import vit
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

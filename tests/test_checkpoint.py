@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from vit_jax import checkpoint
+from vit_jax.checkpoints import npz
 from vit_jax import models
-from vit_jax import pretrained
+from vit_jax.checkpoints import pretrained
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -46,15 +46,15 @@ def test_round_trip_is_exact(tmp_path, name, kw):
   model = models.get_model(name, num_classes=7, **kw)
   params = randomize(init(model, 64))
   path = str(tmp_path / 'p.npz')
-  checkpoint.save_npz(path, params)
-  back = checkpoint.load_npz(path)
-  flat_a, flat_b = checkpoint.flatten(params), checkpoint.flatten(back)
+  npz.save_npz(path, params)
+  back = npz.load_npz(path)
+  flat_a, flat_b = npz.flatten(params), npz.flatten(back)
   assert flat_a.keys() == flat_b.keys()
   for k in flat_a:
     assert flat_b[k].dtype == flat_a[k].dtype
     np.testing.assert_array_equal(flat_b[k], flat_a[k])
   # and loading into the same model is exact too
-  merged = checkpoint.merge(params, back)
+  merged = npz.merge(params, back)
   jax.tree_util.tree_map(np.testing.assert_array_equal, merged,
                          jax.tree_util.tree_map(np.asarray, params))
 
@@ -62,7 +62,7 @@ def test_round_trip_is_exact(tmp_path, name, kw):
 def test_saved_keys_are_the_official_names(tmp_path):
   model = models.get_model('mu/16', num_classes=5, representation_size=8)
   path = str(tmp_path / 'p.npz')
-  checkpoint.save_npz(path, init(model, 32))
+  npz.save_npz(path, init(model, 32))
   keys = set(np.load(path).files)
   d, h = 32, 2
   expected = {
@@ -89,7 +89,7 @@ def test_saved_keys_are_the_official_names(tmp_path):
 def test_posemb_resampling_matches_scipy_and_keeps_cls():
   rng = np.random.RandomState(0)
   pe = rng.randn(1, 1 + 4 * 4, 6).astype(np.float32)
-  out = checkpoint.resample_posemb(pe, (6, 6), num_prefix=1)
+  out = npz.resample_posemb(pe, (6, 6), num_prefix=1)
   assert out.shape == (1, 37, 6)
   np.testing.assert_array_equal(out[:, 0], pe[:, 0])
   grid = scipy.ndimage.zoom(pe[0, 1:].reshape(4, 4, 6), (1.5, 1.5, 1), order=1)
@@ -103,7 +103,7 @@ def test_posemb_resampling_of_a_linear_ramp_is_exact():
   """Bilinear resampling reproduces a field that is linear in (row, col)."""
   r, c = np.meshgrid(np.arange(3), np.arange(5), indexing='ij')
   field = np.stack([r, c], -1).reshape(1, 15, 2).astype(np.float64)
-  out = checkpoint.resample_posemb(field, (5, 9), num_prefix=0,
+  out = npz.resample_posemb(field, (5, 9), num_prefix=0,
                                    old_grid=(3, 5))
   r2, c2 = np.meshgrid(np.linspace(0, 2, 5), np.linspace(0, 4, 9),
                        indexing='ij')
@@ -115,7 +115,7 @@ def test_load_at_higher_resolution_non_square_and_gap(tmp_path):
   src = models.get_model('mu/16', num_classes=10, classifier='gap')
   src_params = randomize(init(src, 64))  # 4x4 grid, no class token
   path = str(tmp_path / 's.npz')
-  checkpoint.save_npz(path, src_params)
+  npz.save_npz(path, src_params)
   dst = models.get_model('mu/16', num_classes=10, classifier='gap')
   size = (96, 128)  # 6x8 grid
   out = load(path, dst, size)
@@ -133,7 +133,7 @@ def test_new_head_is_zero_and_pre_logits_dropped(tmp_path):
   src = models.get_model('mu/16', num_classes=1000, representation_size=32)
   path = str(tmp_path / 's.npz')
   src_params = randomize(init(src, 32))
-  checkpoint.save_npz(path, src_params)
+  npz.save_npz(path, src_params)
   dst = models.get_model('mu/16', num_classes=10)
   out = load(path, dst, 32)
   assert 'pre_logits' not in out
@@ -150,7 +150,7 @@ def test_new_head_is_zero_and_pre_logits_dropped(tmp_path):
 
 def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
   path = str(tmp_path / 's.npz')
-  checkpoint.save_npz(path, init(models.get_model('mu/16'), 32))
+  npz.save_npz(path, init(models.get_model('mu/16'), 32))
   dst = models.get_model('mu/16', mlp_dim=64)
   with pytest.raises(pretrained.PretrainedError,
                      match=r'encoderblock_0/MlpBlock_3/Dense_0/kernel: '
@@ -161,7 +161,7 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
   path = str(tmp_path / 's.npz')
-  checkpoint.save_npz(path, init(models.get_model('mu/16', num_layers=3), 32))
+  npz.save_npz(path, init(models.get_model('mu/16', num_layers=3), 32))
   with pytest.raises(pretrained.PretrainedError,
                      match='unexpected in checkpoint: Transformer/'
                      'encoderblock_2/'):
@@ -176,18 +176,18 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 
 
 def test_missing_and_corrupt_files(tmp_path):
-  with pytest.raises(checkpoint.CheckpointError, match='not found'):
-    checkpoint.load_npz(str(tmp_path / 'nope.npz'))
+  with pytest.raises(npz.CheckpointError, match='not found'):
+    npz.load_npz(str(tmp_path / 'nope.npz'))
   bad = tmp_path / 'bad.npz'
   bad.write_bytes(b'not a zip')
-  with pytest.raises(checkpoint.CheckpointError, match='not a readable'):
-    checkpoint.load_npz(str(bad))
+  with pytest.raises(npz.CheckpointError, match='not a readable'):
+    npz.load_npz(str(bad))
 
 
 def test_legacy_groupnorm_shapes_are_fixed(tmp_path):
   model = models.get_model('R_Ti/16', num_classes=3, **TINY)
   params = randomize(init(model, 32))
-  flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
+  flat = {k: np.asarray(v) for k, v in npz.flatten(params).items()}
   flat['gn_root/scale'] = flat['gn_root/scale'].reshape(1, 1, 1, -1)
   path = str(tmp_path / 'old.npz')
   np.savez(path, **flat)
@@ -198,14 +198,14 @@ def test_legacy_groupnorm_shapes_are_fixed(tmp_path):
 
 def test_inspect_cli(tmp_path):
   path = str(tmp_path / 's.npz')
-  checkpoint.save_npz(path, init(models.get_model('mu/16', num_classes=4), 32))
-  out = subprocess.run([sys.executable, '-m', 'vit_jax.checkpoint', 'inspect',
+  npz.save_npz(path, init(models.get_model('mu/16', num_classes=4), 32))
+  out = subprocess.run([sys.executable, '-m', 'vit_jax.checkpoints', 'inspect',
                         path], capture_output=True, text=True, check=True)
   assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel' in out.stdout
   assert '(128, 32)' in out.stdout
   n = sum(np.size(v) for v in np.load(path).values())
   assert f'{n:,} parameters' in out.stdout
-  bad = subprocess.run([sys.executable, '-m', 'vit_jax.checkpoint', 'inspect',
+  bad = subprocess.run([sys.executable, '-m', 'vit_jax.checkpoints', 'inspect',
                         str(tmp_path / 'x.npz')], capture_output=True,
                        text=True)
   assert bad.returncode == 1
@@ -217,24 +217,24 @@ def test_truncated_and_empty_npz_are_one_line_errors(tmp_path):
   """A download cut short (zipfile.BadZipFile inside numpy) and an empty
   file are CheckpointErrors naming the file, not tracebacks."""
   good = str(tmp_path / 'good.npz')
-  checkpoint.save_npz(good, init(models.get_model('mu/16'), 32))
+  npz.save_npz(good, init(models.get_model('mu/16'), 32))
   data = open(good, 'rb').read()
   for name, content in [('half.npz', data[:len(data) // 2]),
                         ('tail_cut.npz', data[:-30]), ('empty.npz', b'')]:
     bad = tmp_path / name
     bad.write_bytes(content)
-    with pytest.raises(checkpoint.CheckpointError,
+    with pytest.raises(npz.CheckpointError,
                        match=f'{name} is not a readable .npz'):
-      checkpoint.read_npz(str(bad))
+      npz.read_npz(str(bad))
   single = tmp_path / 'single.npy'
   np.save(single, np.zeros(3))
-  with pytest.raises(checkpoint.CheckpointError, match='not a readable'):
-    checkpoint.read_npz(str(single))
+  with pytest.raises(npz.CheckpointError, match='not a readable'):
+    npz.read_npz(str(single))
 
 
 def test_nan_or_inf_weights_are_refused_naming_the_first_key(tmp_path):
   params = randomize(init(models.get_model('mu/16'), 32))
-  flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
+  flat = {k: np.asarray(v) for k, v in npz.flatten(params).items()}
   flat['head/bias'] = flat['head/bias'].copy()
   flat['head/bias'][3] = np.nan
   flat['cls'] = np.full_like(flat['cls'], np.inf)
@@ -251,14 +251,14 @@ def test_mismatch_error_says_what_each_side_is_and_counts(tmp_path):
   ti, s = (models.get_model(n, num_classes=10, num_layers=2)
            for n in ('Ti/16', 'S/16'))
   path = str(tmp_path / 'ti.npz')
-  checkpoint.save_npz(path, init(ti, 32))
+  npz.save_npz(path, init(ti, 32))
   with pytest.raises(pretrained.PretrainedError) as e:
     load(path, s, 32)
   msg = str(e.value)
-  n_arrays = len(checkpoint.flatten(init(s, 32)))
+  n_arrays = len(npz.flatten(init(s, 32)))
   assert f'of {n_arrays} arrays do not fit' in msg
   assert ('the file: width 192, 2 blocks, patch 16x16, head 10; the model: '
           'width 384, 2 blocks, patch 16x16, head 10') in msg
-  assert msg.count('checkpoint has shape') == checkpoint.MAX_LISTED
+  assert msg.count('checkpoint has shape') == npz.MAX_LISTED
   assert re.search(r'; and \d+ more$', msg)
   assert len(msg) < 800 and '\n' not in msg

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from configs import vit as vit_config
-from vit_jax import dataset_info
-from vit_jax import train
+from vit_jax.data import dataset_info
+from vit_jax.training import train
 
 
 def test_written_then_checked(tmp_path):

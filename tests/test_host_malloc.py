@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from vit_jax import host_malloc
+from vit_jax.perf import host_malloc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +56,7 @@ def _child(tmp_path, env):
       sys.path.insert(0, {REPO!r})
       print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES', ''),
             flush=True)
-      from vit_jax import host_malloc
+      from vit_jax.perf import host_malloc
       host_malloc.maybe_reexec()
       print('after', sys.argv[1:], flush=True)
       """))
@@ -136,7 +136,7 @@ def test_tunables_stop_the_per_step_page_faults():
 _RACE = textwrap.dedent("""
     import ctypes, resource, sys
     sys.path.insert(0, {repo!r})
-    from vit_jax import host_malloc
+    from vit_jax.perf import host_malloc
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]

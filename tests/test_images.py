@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import images
+from vit_jax.data import images
 
 
 def write(path, w, h):

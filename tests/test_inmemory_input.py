@@ -1,4 +1,4 @@
-"""Tests of vit_jax.inmemory_input: the input contract on a small JPEG folder
+"""Tests of vit_jax.data.inmemory: the input contract on a small JPEG folder
 (shapes, value range, labels, deterministic resume, process shards, eval
 padding), its pp ops, and its errors."""
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import inmemory_input
+from vit_jax.data import inmemory
 
 
 @pytest.fixture(scope='module')
@@ -34,13 +34,13 @@ def data(folder, **kw):
 
 
 def test_info(folder):
-  info = inmemory_input.dataset_info(data(folder))
+  info = inmemory.dataset_info(data(folder))
   assert (info.num_classes, info.num_train, info.num_eval) == (3, 21, 9)
   assert info.class_names == ('cat', 'dog', 'emu')
 
 
 def test_train_batches_and_resume(folder):
-  it = inmemory_input.train_iterator(data(folder), global_batch_size=6,
+  it = inmemory.train_iterator(data(folder), global_batch_size=6,
                                      seed=3)
   batches = [next(it) for _ in range(8)]  # crosses epochs (21 examples)
   b = batches[0]
@@ -52,22 +52,22 @@ def test_train_batches_and_resume(folder):
   first_epoch = np.concatenate([x['label'] for x in batches[:3]] +
                                [batches[3]['label'][:3]])
   assert sorted(np.bincount(first_epoch)) == [7, 7, 7]
-  resumed = inmemory_input.train_iterator(data(folder), global_batch_size=6,
+  resumed = inmemory.train_iterator(data(folder), global_batch_size=6,
                                           seed=3, start_step=5)
   for k in range(5, 8):
     r = next(resumed)
     np.testing.assert_array_equal(r['image'], batches[k]['image'])
     np.testing.assert_array_equal(r['label'], batches[k]['label'])
-  other = next(inmemory_input.train_iterator(data(folder),
+  other = next(inmemory.train_iterator(data(folder),
                                              global_batch_size=6, seed=4))
   assert not np.array_equal(other['image'], b['image'])
 
 
 def test_process_shards_concatenate_to_global(folder):
   kw = dict(global_batch_size=6, seed=1, start_step=2)
-  whole = next(inmemory_input.train_iterator(data(folder), process_index=0,
+  whole = next(inmemory.train_iterator(data(folder), process_index=0,
                                              process_count=1, **kw))
-  parts = [next(inmemory_input.train_iterator(data(folder), process_index=i,
+  parts = [next(inmemory.train_iterator(data(folder), process_index=i,
                                               process_count=2, **kw))
            for i in range(2)]
   assert parts[0]['image'].shape[0] == 3
@@ -76,7 +76,7 @@ def test_process_shards_concatenate_to_global(folder):
 
 
 def test_eval_pads_and_masks(folder):
-  batches = list(inmemory_input.eval_iterator(data(folder),
+  batches = list(inmemory.eval_iterator(data(folder),
                                               global_batch_size=4))
   assert len(batches) == 3
   assert [int(b['mask'].sum()) for b in batches] == [4, 4, 1]
@@ -92,17 +92,17 @@ def test_eval_pads_and_masks(folder):
 
 def test_inception_crop_shape(folder):
   d = data(folder, pp_train='inception_crop(6)|flip_lr|value_range(0,1)')
-  b = next(inmemory_input.train_iterator(d, global_batch_size=3, seed=0))
+  b = next(inmemory.train_iterator(d, global_batch_size=3, seed=0))
   assert b['image'].shape == (3, 6, 6, 3)
   assert 0 <= b['image'].min() and b['image'].max() <= 1
 
 
 def test_errors(folder, tmp_path):
   with pytest.raises(ValueError, match=r"pp op 'blur\(3\)'.*allowed: .*decode"):
-    next(inmemory_input.train_iterator(data(folder, pp_train='blur(3)'),
+    next(inmemory.train_iterator(data(folder, pp_train='blur(3)'),
                                        global_batch_size=3, seed=0))
   with pytest.raises(ValueError, match=r'is not a directory'):
-    inmemory_input.dataset_info(data(tmp_path / 'nope'))
+    inmemory.dataset_info(data(tmp_path / 'nope'))
 
 
 def test_digits_embedded():
@@ -110,11 +110,11 @@ def test_digits_embedded():
       dataset='inmemory:digits', train_split='train', eval_split='test',
       pp_train='decode|resize(16)|value_range(-1,1)',
       pp_eval='decode|value_range(-1,1)'))
-  info = inmemory_input.dataset_info(d)
+  info = inmemory.dataset_info(d)
   assert (info.num_classes, info.num_train, info.num_eval) == (10, 1500, 297)
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   ref = datasets.load_digits()
-  test = list(inmemory_input.eval_iterator(d, global_batch_size=297))[0]
+  test = list(inmemory.eval_iterator(d, global_batch_size=297))[0]
   assert test['image'].shape == (297, 8, 8, 3)
   # Every test image is one of scikit-learn's, with its label.
   flat = np.round((test['image'][..., 0] + 1) / 2 * 16).reshape(297, 64)
@@ -148,7 +148,7 @@ def level_data(root):
 def test_eval_labels_use_the_training_class_map(tmp_path):
   root = write_levels(tmp_path, {'train': {'a': 1, 'b': 1, 'c': 1},
                                  'test': {'a': 2, 'c': 2}})
-  (b,) = list(inmemory_input.eval_iterator(level_data(root),
+  (b,) = list(inmemory.eval_iterator(level_data(root),
                                            global_batch_size=4))
   assert b['label'].tolist() == [0, 0, 2, 2]
   np.testing.assert_array_equal(b['image'].mean((1, 2, 3)) / 20, b['label'])
@@ -159,11 +159,11 @@ def test_class_errors_name_the_folder(tmp_path):
                                  'test': {'a': 1, 'zebra': 1}})
   with pytest.raises(ValueError, match=r'class folder .*test/zebra is not a '
                      r"class of the training split 'train'"):
-    inmemory_input.dataset_info(level_data(root))
+    inmemory.dataset_info(level_data(root))
   (root / 'train' / 'empty').mkdir()
   with pytest.raises(ValueError, match=r'class folder .*train/empty has no '
                      'images'):
-    inmemory_input.dataset_info(level_data(root))
+    inmemory.dataset_info(level_data(root))
 
 
 def test_non_images_skipped_bad_images_named(tmp_path):
@@ -171,12 +171,12 @@ def test_non_images_skipped_bad_images_named(tmp_path):
                                  'test': {'a': 1, 'b': 1}})
   (root / 'train' / 'a' / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1')
   (root / 'train' / 'a' / 'readme.txt').write_text('a')
-  info = inmemory_input.dataset_info(level_data(root))
+  info = inmemory.dataset_info(level_data(root))
   assert (info.num_train, info.num_eval) == (4, 2)
   (root / 'test' / 'b' / 'bad.png').write_bytes(b'\x89PNG\r\n\x1a\nshort')
   with pytest.raises(ValueError, match=r'cannot read image .*test/b/bad\.png'
                      ) as e:
-    inmemory_input.dataset_info(level_data(root))
+    inmemory.dataset_info(level_data(root))
   assert '\n' not in str(e.value)
 
 
@@ -184,6 +184,6 @@ def test_16bit_png_is_scaled_not_white(tmp_path):
   root = write_levels(tmp_path, {'train': {'a': 1}, 'test': {'a': 1}})
   v = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369  # 0 .. 65535
   Image.fromarray(v).save(root / 'train' / 'a' / '0.png')  # mode I;16
-  b = next(inmemory_input.train_iterator(level_data(root),
+  b = next(inmemory.train_iterator(level_data(root),
                                          global_batch_size=1, seed=0))
   np.testing.assert_array_equal(b['image'][0, ..., 1], v >> 8)

@@ -6,7 +6,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import common
-from vit_jax import input_pipeline as ip
+from vit_jax.data import input_pipeline as ip
 
 
 def make_folder(root, n_per_class=(5, 3, 4), size=(10, 12)):

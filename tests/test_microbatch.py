@@ -1,4 +1,4 @@
-"""vit_jax.microbatch: the split, the automatic choice, and that a model's
+"""vit_jax.perf.microbatch: the split, the automatic choice, and that a model's
 logits and gradients do not change when computed in independent parts."""
 
 import types
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from vit_jax import microbatch
+from vit_jax.perf import microbatch
 from vit_jax import models
 
 CPU = types.SimpleNamespace(platform='cpu')

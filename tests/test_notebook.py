@@ -11,7 +11,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint
+from vit_jax.checkpoints import npz
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / 'vit_jax_finetune.ipynb'
@@ -68,9 +68,9 @@ def test_notebook_runs_headless(shared_data, tmp_path):
   assert images, 'no figure was shown'
   assert (workdir / 'attention.png').stat().st_size > 1000
   assert (workdir / 'checkpoints' / '4').is_dir()
-  saved = checkpoint.load_npz(str(workdir / 'finetuned.npz'))
+  saved = npz.load_npz(str(workdir / 'finetuned.npz'))
   assert saved['head']['kernel'].shape == (192, len(CLASSES))
-  released = checkpoint.load_npz(str(ckpt))
+  released = npz.load_npz(str(ckpt))
   # Fine-tuned from the release: a block kernel moved, but only a little.
   a = saved['Transformer']['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel']
   b = released['Transformer']['encoderblock_0']['MlpBlock_3']['Dense_0'][

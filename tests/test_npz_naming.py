@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from tests import golden_inputs
-from vit_jax import checkpoint
+from vit_jax.checkpoints import npz
 from vit_jax import models
-from vit_jax import npz_naming
-from vit_jax import pretrained
+from vit_jax.checkpoints import npz_naming
+from vit_jax.checkpoints import pretrained
 from vit_jax.models import mixer
 from vit_jax.models import vit
 
@@ -81,7 +81,7 @@ def test_linen_file_gives_the_official_logits(case):
   converted, naming = npz_naming.to_released_naming(flat)
   assert naming == NAMING[case]
   model = OURS[case]()
-  params = checkpoint.merge(init_shapes(model), checkpoint.unflatten(converted))
+  params = npz.merge(init_shapes(model), npz.unflatten(converted))
   x, want = official(case)
   diff = float(np.abs(apply(model, params, x) - want).max())
   assert diff <= TOL, f'{case}: max |logit diff| {diff:.3g}'
@@ -92,10 +92,10 @@ def test_released_naming_written_by_save_npz_gives_identical_logits(
     tmp_path, case):
   model = OURS[case]()
   converted, _ = npz_naming.to_released_naming(linen_file(case))
-  params = checkpoint.merge(init_shapes(model), checkpoint.unflatten(converted))
+  params = npz.merge(init_shapes(model), npz.unflatten(converted))
   path = str(tmp_path / 'released.npz')
-  checkpoint.save_npz(path, params)
-  written = checkpoint.read_npz(path)
+  npz.save_npz(path, params)
+  written = npz.read_npz(path)
   block = 'Transformer/encoderblock_0/'
   assert {k.split('/')[2] for k in written if k.startswith(block)} == {
       'LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2',
@@ -110,7 +110,7 @@ def test_released_naming_written_by_save_npz_gives_identical_logits(
 
 @pytest.mark.parametrize('case', sorted(OURS))
 def test_the_reader_converts_and_says_which_naming_it_read(tmp_path, case):
-  """`checkpoint.read_npz` / `pretrained.read` (every loading path) take the
+  """`npz.read_npz` / `pretrained.read` (every loading path) take the
   Linen file as it is, and report its naming."""
   path = str(tmp_path / f'linen_{case}.npz')
   np.savez(path, **linen_file(case))
@@ -171,7 +171,7 @@ def test_resnet_files_pass_unchanged():
                    if k.split('/')[0] in ('conv_root', 'gn_root', 'block1')}
   resnet = models.get_model('BiT-R8', num_classes=5)
   flat = {k: np.zeros(v.shape, v.dtype) for k, v in
-          checkpoint.flatten(init_shapes(resnet)).items()}
+          npz.flatten(init_shapes(resnet)).items()}
   assert {k for k in flat if k.split('/')[0] in (
       'conv_root', 'gn_root', 'block1')} == official_stem
   same, naming = npz_naming.to_released_naming(flat)
@@ -179,7 +179,7 @@ def test_resnet_files_pass_unchanged():
 
 
 def test_the_released_ti16_is_read_as_pre_linen(shared_data):
-  flat = checkpoint.read_npz(
+  flat = npz.read_npz(
       str(shared_data / 'checkpoints' / 'ViT-Ti_16-augreg-i21k-ft-i1k-224.npz'))
   same, naming = npz_naming.to_released_naming(flat)
   assert naming == 'pre-linen' and same.keys() == flat.keys()

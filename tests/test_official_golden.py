@@ -7,7 +7,7 @@ the released ViT-Ti/16 at 224 and 384 px on shared ImageNet photos, and
 random-weight ViT-B/32, ViT-S/16-gap-norep, R50+ViT-B/16 and Mixer-B/16
 checkpoints written by our `save_npz`. Here the same inputs are rebuilt
 (`tests.golden_inputs`) and run through our one loading path
-(`vit_jax.pretrained`) and models, in float32.
+(`vit_jax.checkpoints.pretrained`) and models, in float32.
 """
 
 import json
@@ -20,9 +20,9 @@ import PIL
 import pytest
 
 from tests import golden_inputs
-from vit_jax import checkpoint
+from vit_jax.checkpoints import npz
 from vit_jax import models
-from vit_jax import pretrained
+from vit_jax.checkpoints import pretrained
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'official'
 GOLDEN = json.loads((FIXTURES / 'golden_cases.json').read_text())
@@ -84,12 +84,12 @@ def test_our_written_checkpoints_give_the_official_logits(
   model = models.get_model(c['model'], num_classes=c['num_classes'])
   shapes = jax.eval_shape(model.init, jax.random.key(0), x[:1])
   params = golden_inputs.random_params(
-      {k: v.shape for k, v in checkpoint.flatten(shapes).items()}, c['seed'])
+      {k: v.shape for k, v in npz.flatten(shapes).items()}, c['seed'])
   assert golden_inputs.sha256_of_params(params) == GOLDEN['cases'][case][
       'params_sha256'], (f'{case}: random parameters differ from the '
                          'golden\'s (names, shapes or numpy stream)')
   path = tmp_path / f'{case}.npz'
-  checkpoint.save_npz(str(path), checkpoint.unflatten(params))
+  npz.save_npz(str(path), npz.unflatten(params))
   del params
   try:
     ours = our_logits(model, str(path), x)

@@ -1,4 +1,4 @@
-"""Tests of vit_jax.optim: schedules against closed forms, weight-decay mask,
+"""Tests of vit_jax.training.optim: schedules against closed forms, weight-decay mask,
 SGD / AdamW updates against hand-written numpy, clipping, bad names."""
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from vit_jax import optim
+from vit_jax.training import optim
 
 
 def test_warmup_then_cosine_matches_formula():

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint
+from vit_jax.checkpoints import npz
 from vit_jax import models
 
 CKPT = 'checkpoints/ViT-Ti_16-augreg-i21k-ft-i1k-224.npz'
@@ -38,11 +38,11 @@ def top1_top5(shared, out):
 def test_released_checkpoint_loads_with_no_key_left_over(shared_data):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  flat = checkpoint.read_npz(str(shared_data / CKPT))
+  flat = npz.read_npz(str(shared_data / CKPT))
   model = models.get_model('Ti/16', num_classes=1000)
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           jnp.zeros((1, 224, 224, 3)))['params']
-  ours = {k: v.shape for k, v in checkpoint.flatten(shapes).items()}
+  ours = {k: v.shape for k, v in npz.flatten(shapes).items()}
   assert ours == {k: v.shape for k, v in flat.items()}
   assert len(flat) == 200
   assert sum(v.size for v in flat.values()) == 5_717_416
@@ -151,7 +151,7 @@ def test_one_unreadable_image_does_not_lose_the_others(tmp_path, shared_data):
 
 
 def test_nan_weights_are_refused_before_predicting(tmp_path, shared_data):
-  flat = checkpoint.read_npz(str(shared_data / CKPT))
+  flat = npz.read_npz(str(shared_data / CKPT))
   key = 'Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel'
   flat[key] = flat[key].copy()
   flat[key][0, :5] = np.nan

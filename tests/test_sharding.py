@@ -1,4 +1,4 @@
-"""Tests of vit_jax.sharding: mesh sizes, rules -> PartitionSpecs, sharded
+"""Tests of vit_jax.training.sharding: mesh sizes, rules -> PartitionSpecs, sharded
 state creation (no full copy), and mesh errors."""
 
 import jax
@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vit_jax import models
-from vit_jax import sharding
+from vit_jax.training import sharding
 
 
 def mesh_cfg(**kw):

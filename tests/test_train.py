@@ -1,4 +1,4 @@
-"""Tests of vit_jax.train: one step under every mesh layout, gradient
+"""Tests of vit_jax.training.train: one step under every mesh layout, gradient
 accumulation, interrupt-and-resume, pretrained init, 2-process runs."""
 
 import json
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import vit as vit_config
-from vit_jax import device_data
-from vit_jax import train
+from vit_jax.data import device_data
+from vit_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Compile time dominates these tiny models on CPU (conftest fixture).
@@ -114,7 +114,7 @@ def test_gradient_accumulation_equals_big_batch(reference, tmp_path):
 
 
 def test_parallel_microbatches_equal_one_batch(tmp_path):
-  """Independent micro-batches (vit_jax.microbatch) change nothing but the
+  """Independent micro-batches (vit_jax.perf.microbatch) change nothing but the
   summation order, also with dropout on (masks folded per micro-batch)."""
   one = jax.devices()[:1]
 
@@ -211,7 +211,7 @@ def read_scalars(workdir) -> dict[str, dict[int, float]]:
 
 
 def test_pretrained_npz_init_resamples_and_zeroes_head(tmp_path):
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoints import npz  # pylint: disable=g-import-not-at-top
   from vit_jax import models  # pylint: disable=g-import-not-at-top
   # A 'pre-trained' mu/16 at 64 px (16 tokens) with a 7-class head.
   src = models.get_model('mu/16', num_classes=7)
@@ -220,7 +220,7 @@ def test_pretrained_npz_init_resamples_and_zeroes_head(tmp_path):
                         src.init(jax.random.PRNGKey(1),
                                  np.zeros((1, 64, 64, 3)))['params'])
   path = str(tmp_path / 'src.npz')
-  checkpoint.save_npz(path, params)
+  npz.save_npz(path, params)
   config = small_config(pretrained_path=path, image_size=32)
   s = train.setup(config, str(tmp_path / 'wd'), jax.devices()[:1])
   state = s.restore_or_init()
@@ -230,7 +230,7 @@ def test_pretrained_npz_init_resamples_and_zeroes_head(tmp_path):
           'encoderblock_1']['MlpBlock_3']['Dense_0']['kernel'])
   pe = got['Transformer']['posembed_input']['pos_embedding']
   assert pe.shape == (1, 1 + 4, 32)
-  want = checkpoint.resample_posemb(
+  want = npz.resample_posemb(
       params['Transformer']['posembed_input']['pos_embedding'], (2, 2), 1)
   np.testing.assert_allclose(pe, want, atol=1e-6)
   assert got['head']['kernel'].shape == (32, 10)

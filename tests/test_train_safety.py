@@ -1,6 +1,6 @@
-"""Runs that never lose work and never go silently wrong (vit_jax.train with
-vit_jax.workdir_lock, vit_jax.config_record, the checkpoint manifests of
-vit_jax.train_checkpoint): a resume with a changed config is refused by
+"""Runs that never lose work and never go silently wrong (vit_jax.training.train with
+vit_jax.training.workdir_lock, vit_jax.training.config_record, the checkpoint manifests of
+vit_jax.checkpoints.train_state): a resume with a changed config is refused by
 name, a refused config leaves the record alone, a corrupt or rotten newest
 checkpoint is skipped for the previous one (and the run ends bit-identical
 to a straight one), a NaN loss stops the run before it is saved, a full
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from tests.test_train import small_config
-from vit_jax import train
-from vit_jax import train_checkpoint
+from vit_jax.training import train
+from vit_jax.checkpoints import train_state
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -188,7 +188,7 @@ def test_restore_skips_a_corrupt_newest_checkpoint(corrupt, trained, tmp_path,
   assert len(skip_lines) == 1, stdout
   assert f'resuming from {workdir}/checkpoints/2' in stdout
   # Step 2 as saved (read by Orbax alone, from the untouched run).
-  saved = train_checkpoint.load_params(str(trained[0] / 'checkpoints' / '2'))
+  saved = train_state.load_params(str(trained[0] / 'checkpoints' / '2'))
   assert_same_params(jax.device_get(state.params), saved)
   s.checkpointer.close()
 
@@ -208,7 +208,7 @@ def test_rotten_newest_checkpoint_resumes_bit_identical(trained, tmp_path,
   moved = os.listdir(workdir / 'skipped_checkpoints')
   assert len(moved) == 1 and moved[0].startswith('4-')
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
-  assert_same_params(train_checkpoint.load_params(str(workdir)),
+  assert_same_params(train_state.load_params(str(workdir)),
                      straight_params)
 
 
@@ -249,7 +249,7 @@ def test_nan_loss_stops_before_it_is_checkpointed(tmp_path):
   assert f'last checkpoint: step {max(saved)}' in msg
   # What was saved is finite (read back without our restore code).
   for step in saved:
-    params = train_checkpoint.load_params(str(tmp_path / 'checkpoints' /
+    params = train_state.load_params(str(tmp_path / 'checkpoints' /
                                               str(step)))
     assert all(np.isfinite(np.asarray(x)).all()
                for x in jax.tree.leaves(params))

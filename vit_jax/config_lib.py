@@ -129,8 +129,8 @@ def validate(config, num_devices: Optional[int] = None) -> None:
   """Checks `config`; raises ValueError with a one-line message on error."""
   # Imports kept local: configs are validated before heavy imports matter.
   from vit_jax import models  # pylint: disable=g-import-not-at-top
-  from vit_jax import optim  # pylint: disable=g-import-not-at-top
-  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import optim  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
 
   _one_of('trainer', config.trainer, TRAINERS)
   _one_of('dtype', config.dtype, DTYPES)

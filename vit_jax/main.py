@@ -5,9 +5,9 @@ Initializes `jax.distributed` when launched as one of several processes
 (env `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`, as set
 by `launch/local.sh`; or `VIT_JAX_DISTRIBUTED=1` for auto-detection on TPU
 pods and SLURM), then dispatches on `config.trainer`:
-  train           vit_jax.train.train_and_evaluate(config, workdir)
-  evaluate        vit_jax.evaluate.run(config, workdir)
-  inference_time  vit_jax.inference_time.run(config, workdir)
+  train           vit_jax.training.train.train_and_evaluate(config, workdir)
+  evaluate        vit_jax.training.train.evaluate_checkpoint(config, workdir)
+  inference_time  vit_jax.perf.inference_time.run(config, workdir)
 
 Every failure ends with one line `error: ...` on stderr and exit status 1
 (no traceback): the errors a user can cause (a bad config, a workdir in use
@@ -58,12 +58,12 @@ def run(config, workdir: str):
     raise ValueError(f'config.trainer={config.trainer!r}; allowed: '
                      f'{", ".join(config_lib.TRAINERS)}')
   if config.trainer == 'train':
-    from vit_jax import train
+    from vit_jax.training import train
     return train.train_and_evaluate(config, workdir)
   if config.trainer == 'evaluate':
-    from vit_jax import evaluate
-    return evaluate.run(config, workdir)
-  from vit_jax import inference_time
+    from vit_jax.training import train
+    return train.evaluate_checkpoint(config, workdir)
+  from vit_jax.perf import inference_time
   return inference_time.run(config, workdir)
 
 
@@ -159,6 +159,6 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.maybe_reexec()
   app.run(main, flags_parser=parse_flags)

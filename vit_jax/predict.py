@@ -4,7 +4,7 @@
         [--resolution=224] [--crop_pct=0.9] [--labels=FILE] [--json] \
         IMAGE_OR_DIR...
 
-Eval preprocessing (`vit_jax.images`, the same rule as the analyses):
+Eval preprocessing (`vit_jax.data.images`, the same rule as the analyses):
 decode to RGB, resize the shorter side to floor(resolution / crop_pct) with
 bicubic (antialiased) resampling (248 for 224 at the default 0.9), center
 crop resolution x resolution, scale pixels to [-1, 1]. With `--crop_pct=1`
@@ -31,7 +31,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from vit_jax import images
+from vit_jax.data import images
 
 
 class PredictError(Exception):
@@ -53,10 +53,10 @@ def read_labels(path: Optional[str], num_classes: int) -> list[str]:
 
 
 def load_classifier(model_name: str, checkpoint_path: str, resolution: int):
-  """Builds the model and loads the checkpoint (`vit_jax.pretrained`);
+  """Builds the model and loads the checkpoint (`vit_jax.checkpoints.pretrained`);
   returns (probs_fn: images [B, R, R, 3] -> [B, classes], classes)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoints import pretrained  # pylint: disable=g-import-not-at-top
 
   try:
     restored = pretrained.read(checkpoint_path)

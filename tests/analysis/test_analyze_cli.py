@@ -1,4 +1,4 @@
-"""The `python -m vit_jax.analyze` CLI on a tiny model and tiny image folder:
+"""The `python -m vit_jax.analysis` CLI on a tiny model and tiny image folder:
 files written, numbers in the JSON, one-line errors naming allowed ranges."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import random_image_folder
-from vit_jax import analyze
+from vit_jax.analysis import cli
 
 MU = ['--model', 'mu/16', '--resolution', '32']
 
@@ -21,7 +21,7 @@ def folder(tmp_path_factory):
 
 
 def _run(argv, capsys):
-  rc = analyze.main(argv)
+  rc = cli.main(argv)
   cap = capsys.readouterr()
   return rc, cap.err.strip().splitlines()
 

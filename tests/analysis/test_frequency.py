@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_image_folder
-from vit_jax import analyze
+from vit_jax.analysis import cli
 from vit_jax.analysis import frequency
 
 
@@ -136,12 +136,12 @@ def test_cli_records_the_window(folder, tmp_path, capsys):
   base = ['lowpass', '--model', 'mu/16', '--resolution', '32',
           '--num_classes', '2', '--data', str(folder), '--batch_size', '4',
           '--fractions', '1,0.1', '--out', str(tmp_path)]
-  assert analyze.main(base + ['--window', 'rectangle']) == 0
+  assert cli.main(base + ['--window', 'rectangle']) == 0
   res = json.loads((tmp_path / 'lowpass.json').read_text())
   assert res['window'] == 'rectangle' and res['x'] == [1.0, 0.1]
   assert 'per axis' in res['xlabel'] and len(res['top1']) == 2
   capsys.readouterr()
-  rc = analyze.main(base + ['--window', 'square'])
+  rc = cli.main(base + ['--window', 'square'])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 1 and len(err) == 1
   assert err[0] == ("error: window 'square' is not known: allowed circle, "

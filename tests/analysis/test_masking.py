@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import images
+from vit_jax.data import images
 from vit_jax.analysis import boxes
 from vit_jax.analysis import masking
 

@@ -120,7 +120,7 @@ def test_top_images_of_the_released_ti16_agree_with_timm(shared_data,
                                                          fast_compile):
   torch = pytest.importorskip('torch')
   timm = pytest.importorskip('timm')
-  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoints import npz  # pylint: disable=g-import-not-at-top
   from vit_jax.analysis import data  # pylint: disable=g-import-not-at-top
   ckpt = str(shared_data / 'checkpoints' /
              'ViT-Ti_16-augreg-i21k-ft-i1k-224.npz')
@@ -128,7 +128,7 @@ def test_top_images_of_the_released_ti16_agree_with_timm(shared_data,
   x = data.to_model(data.load_images(paths, 224, progress=False))
   layers, units = [0, 6, 11], list(range(12))
   model = models.get_model('Ti/16', num_classes=1000)
-  params = checkpoint.load_npz(ckpt)  # at its own 224 px: no init needed
+  params = npz.load_npz(ckpt)  # at its own 224 px: no init needed
   res = spatial.top_images(model, params, x, units, layers=layers)
   # timm's ViT-Ti/16 with the tanh GELU the checkpoint was trained with,
   # reading the same .npz; the MLP's GELU output hooked per block.
@@ -154,7 +154,7 @@ def test_top_images_of_the_released_ti16_agree_with_timm(shared_data,
 
 def test_cli_writes_the_top_images_and_their_names(tmp_path, capsys):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from vit_jax import analyze  # pylint: disable=g-import-not-at-top
+  from vit_jax.analysis import cli  # pylint: disable=g-import-not-at-top
   from vit_jax.analysis import data  # pylint: disable=g-import-not-at-top
   from vit_jax.analysis import modelinfo  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -164,7 +164,7 @@ def test_cli_writes_the_top_images_and_their_names(tmp_path, capsys):
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
         folder / f'n0000000{i}_photo{i}.png')
   out = tmp_path / 'out'
-  rc = analyze.main(['spatial', '--out', str(out), '--model', 'mu/16',
+  rc = cli.main(['spatial', '--out', str(out), '--model', 'mu/16',
                      '--resolution', '32', '--images', str(folder),
                      '--limit', '5', '--units', '0,5,-1', '--batch_size', '2',
                      '--locality_images', '0'])
@@ -186,7 +186,7 @@ def test_cli_writes_the_top_images_and_their_names(tmp_path, capsys):
       u = entry['unit']
       assert entry['image'] == paths[means[:, u].argmax()].stem
       assert entry['mean'] == pytest.approx(means[:, u].max(), abs=1e-4)
-  rc = analyze.main(['spatial', '--out', str(out), '--model', 'mu/16',
+  rc = cli.main(['spatial', '--out', str(out), '--model', 'mu/16',
                      '--resolution', '32', '--images', str(folder),
                      '--units', '0,128'])
   err = capsys.readouterr().err.strip().splitlines()

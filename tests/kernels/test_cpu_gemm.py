@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.kernels import cpu_gemm
-from vit_jax.models import flops
+from vit_jax.perf import cpu_gemm
+from vit_jax.perf import flops
 from vit_jax.models import mixer
 from vit_jax.models import vit
 
@@ -237,7 +237,7 @@ def test_auto_is_off_with_several_devices_on_with_one(monkeypatch):
   monkeypatch.setenv('VIT_JAX_CPU_GEMM', 'auto')
   assert jax.device_count() == 8
   assert not cpu_gemm.active()
-  code = ('from vit_jax.kernels import cpu_gemm; import jax; '
+  code = ('from vit_jax.perf import cpu_gemm; import jax; '
           'print(jax.device_count(), cpu_gemm.active())')
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env['VIT_JAX_CPU_GEMM'] = 'auto'

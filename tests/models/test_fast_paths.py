@@ -92,7 +92,7 @@ def test_std_conv_matmul_equals_the_convolution(kernel, strides, size,
   """ResNet's StdConv runs as a matmul (im2col + XLA's product, or with the
   OpenBLAS kernels the implicit-GEMM convolution): same output and gradients
   as the convolution path (flax / XLA), 'SAME' padding, odd sizes included."""
-  from vit_jax.kernels import cpu_gemm  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
   from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
   with cpu_gemm.use(openblas):
     _check_std_conv(resnet, kernel, strides, size,
@@ -110,7 +110,7 @@ def _check_std_conv(resnet, kernel, strides, size, implicit_gemm):
   params = fast.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(
       jnp.shape, slow.init(jax.random.key(1), x))
-  from vit_jax.kernels import cpu_gemm  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
   jaxpr = str(jax.make_jaxpr(jax.grad(
       lambda p: jnp.sum(fast.apply(p, x))))(params))
   assert (cpu_gemm.CONV_TARGET in jaxpr) == implicit_gemm
@@ -139,7 +139,7 @@ def test_cpu_conv_gradients_equal_autodiff_of_xla(kernel, strides, padding):
   gradient at stride 1 is the flipped forward) against XLA's convolution and
   its autodiff, for paddings the models do not use: 'VALID', and the
   asymmetric 'SAME' of an even kernel."""
-  from vit_jax.kernels import cpu_gemm  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
   from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (2, 9, 8, 5))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vit_jax import models
-from vit_jax.models import flops
+from vit_jax.perf import flops
 from vit_jax.models import vit
 
 torch = pytest.importorskip('torch')

@@ -1,7 +1,7 @@
 """Our models vs timm, an implementation nobody here wrote.
 
 Each case: build our model, randomize every parameter, write the official
-`.npz` layout with `checkpoint.save_npz`, load that file with timm's own
+`.npz` layout with `npz.save_npz`, load that file with timm's own
 `.npz` loader (`model.load_pretrained`, i.e. `_load_weights`) into the
 matching timm model, and compare logits on the same input.
 
@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import checkpoint
+from vit_jax.checkpoints import npz
 from vit_jax import models
-from vit_jax.kernels import cpu_gemm
-from vit_jax.models import flops
+from vit_jax.perf import cpu_gemm
+from vit_jax.perf import flops
 
 torch = pytest.importorskip('torch')
 timm = pytest.importorskip('timm')
@@ -41,7 +41,7 @@ def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2,
                       perturb=None):
   params = randomized_params(model, image_size)
   path = str(tmp_path / 'ckpt.npz')
-  checkpoint.save_npz(path, params)
+  npz.save_npz(path, params)
   if perturb:  # changes our side only, after the file was written
     params = perturb(params)
   timm_model.load_pretrained(path)
@@ -139,7 +139,7 @@ def test_mixer_matches_timm(ours_kw, timm_kw):
                            **ours_kw)
   size = 64
   params = randomized_params(model, size)
-  flat = {k: np.asarray(v) for k, v in checkpoint.flatten(params).items()}
+  flat = {k: np.asarray(v) for k, v in npz.flatten(params).items()}
   timm_model = timm.models.MlpMixer(
       num_classes=10, img_size=size, patch_size=16, num_blocks=2,
       embed_dim=768, mlp_ratio=(0.5, 4.0),

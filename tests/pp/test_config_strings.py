@@ -3,7 +3,7 @@
 The strings are collected two ways: the module-level string constants of
 each config file that are pp strings, and `data.pp_train` / `data.pp_eval` of
 the configs those files build (every experiment / dataset preset). Both
-readers (`vit_jax.pp` for tf.data, `inmemory_input` for numpy) must accept
+readers (`vit_jax.data.pp` for tf.data, `vit_jax.data.inmemory` for numpy) must accept
 them: one config string works with either.
 """
 
@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from configs import common
 from vit_jax import config_lib
-from vit_jax import inmemory_input
-from vit_jax import pp
+from vit_jax.data import inmemory
+from vit_jax.data import pp
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
 
@@ -71,7 +71,7 @@ def test_config_pp_string_runs_in_tf_data(pp_string, image_size, resize_size):
   if resize_size is not None:  # a template with placeholders
     pp_string = pp_string.format(image_size=image_size,
                                  resize_size=resize_size)
-  inmemory_input.parse_pp(pp_string)  # the numpy reader accepts it too
+  inmemory.parse_pp(pp_string)  # the numpy reader accepts it too
   fn = pp.build(pp_string)
   jpeg = tf.io.encode_jpeg(tf.constant(
       np.random.RandomState(0).randint(0, 256, (40, 50, 3)), tf.uint8))

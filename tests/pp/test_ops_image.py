@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from vit_jax import pp
+from vit_jax.data import pp
 
 SEED = tf.constant([3, 4], tf.int32)
 

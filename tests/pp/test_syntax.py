@@ -1,11 +1,11 @@
-"""The TensorFlow-free pp string syntax (`vit_jax.pp.syntax`)."""
+"""The TensorFlow-free pp string syntax (`vit_jax.data.pp.syntax`)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from vit_jax.pp import syntax
+from vit_jax.data.pp import syntax
 
 
 def test_parse_ops_and_numeric_args():
@@ -23,7 +23,7 @@ def test_parse_errors_name_the_op_and_allowed():
 
 
 def test_syntax_does_not_import_tensorflow():
-  code = ('import sys, vit_jax.pp.syntax; '
+  code = ('import sys, vit_jax.data.pp.syntax; '
           'sys.exit(int("tensorflow" in sys.modules))')
   assert subprocess.run([sys.executable, '-c', code], check=False,
                         timeout=120).returncode == 0

@@ -1,7 +1,7 @@
 """Looking inside ViTs: attention, embeddings, feature visualization, probes.
 
 One module per analysis; each is a set of pure functions on arrays (numbers
-out), drawing lives in `figures`, and `vit_jax.analyze` is the CLI.
+out), drawing lives in `figures`, and `vit_jax.analysis.cli` is the CLI.
 
   attention      CLS attention maps, attention rollout, mean attention distance
   embeddings     position-embedding similarity, patch-embedding PCA

@@ -42,7 +42,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Optional, Sequence
 
-from vit_jax import images
+from vit_jax.data import images
 from vit_jax.analysis import validate
 
 FIELDS = ('image', 'label', 'xmin', 'ymin', 'xmax', 'ymax')

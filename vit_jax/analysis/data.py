@@ -3,7 +3,7 @@
 Images come out as uint8 [B, H, W, 3] (compact; 1,000 photos at 224 px are
 150 MB) and `to_model` maps them to the models' float range [-1, 1].
 
-Eval preprocessing: `vit_jax.images`' one rule (shorter side to
+Eval preprocessing: `vit_jax.data.images`' one rule (shorter side to
 floor(resolution / 0.9) px, bicubic, then a `resolution` x `resolution`
 center crop), unless `resize` says otherwise. Images already of size
 `resolution` (CIFAR-10 at 32 px) are used as they are.
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vit_jax import images
+from vit_jax.data import images
 from vit_jax.analysis import validate
 
 IMAGE_EXTENSIONS = images.IMAGE_EXTENSIONS

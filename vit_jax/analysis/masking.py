@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vit_jax import images as image_io
+from vit_jax.data import images as image_io
 from vit_jax.analysis import boxes as box_io
 from vit_jax.analysis import validate
 
@@ -78,7 +78,7 @@ def conditions(image: np.ndarray, foreground: np.ndarray,
   """The three inputs of one image -> uint8 [3, resolution, resolution, 3].
 
   `image` is uint8 [H, W, 3] at full resolution, `foreground` bool [H, W];
-  removal happens first, then `vit_jax.images.preprocess` (the eval resize
+  removal happens first, then `vit_jax.data.images.preprocess` (the eval resize
   and centre crop of `images.load_image`) on each, in CONDITIONS order.
   """
   return np.stack([image_io.preprocess(remove(image, foreground, c),

@@ -14,7 +14,7 @@ import os
 from typing import Optional, Sequence
 
 from vit_jax import models
-from vit_jax import pretrained
+from vit_jax.checkpoints import pretrained
 from vit_jax.analysis import validate
 from vit_jax.models import mixer
 from vit_jax.models import resnet
@@ -108,7 +108,7 @@ def build(name: Optional[str], path: Optional[str] = None, **overrides):
 
 def load(name: Optional[str], path: Optional[str], image_size: Sequence[int],
          num_classes: Optional[int] = None, seed: int = 0, **overrides):
-  """`vit_jax.pretrained.load_model`, with its errors as AnalysisError.
+  """`vit_jax.checkpoints.pretrained.load_model`, with its errors as AnalysisError.
 
   Args:
     name: registry name, e.g. 'Ti/16', 'BiT-R26'; None with a workdir

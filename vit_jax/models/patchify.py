@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.kernels import cpu_gemm
+from vit_jax.perf import cpu_gemm
 
 
 def patches(x: jax.Array, patch: Sequence[int]) -> jax.Array:

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.kernels import cpu_gemm
+from vit_jax.perf import cpu_gemm
 
 Dtype = jnp.dtype
 

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.kernels import cpu_gemm
+from vit_jax.perf import cpu_gemm
 from vit_jax.models import gelu
 from vit_jax.models import patchify
 from vit_jax.models import resnet
@@ -200,7 +200,7 @@ class Attention(nn.Module):
   attention dropout is active, which need the weights, both use
   `_head_major_attention`. On a single-device CPU the projections and the
   batched products of `_head_major_attention_output` are OpenBLAS calls
-  (`vit_jax.kernels.cpu_gemm`).
+  (`vit_jax.perf.cpu_gemm`).
   """
   num_heads: int
   dropout_rate: float = 0.0

@@ -1,6 +1,6 @@
 """A synthetic dataset (`data.dataset='synthetic'`) with the input contract.
 
-Same functions and batch format as `vit_jax.input_pipeline`, no files: each of
+Same functions and batch format as `vit_jax.data.input_pipeline`, no files: each of
 10 classes has a fixed random prototype image; an example is its class's
 prototype plus Gaussian noise, clipped to [-1, 1]. Batch k of the training
 stream is a pure function of (seed, k): the global batch is generated whole
@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 
 import jax
 import numpy as np
-from vit_jax import dataset_info as dataset_info_lib
+from vit_jax.data import dataset_info as dataset_info_lib
 
 NUM_CLASSES = 10
 NUM_TRAIN = 1024

@@ -1,4 +1,4 @@
-"""The op registry of the pp language (syntax: `vit_jax.pp.syntax`).
+"""The op registry of the pp language (syntax: `vit_jax.data.pp.syntax`).
 
 An op is registered as a factory `get_<op>(*args) -> fn(image, seed)`:
 `image` is a tf.Tensor ([H, W, 3], or encoded bytes before `decode`), `seed`
@@ -11,7 +11,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from vit_jax.pp import syntax
+from vit_jax.data.pp import syntax
 
 OpFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 OPS: dict[str, Callable[..., OpFn]] = {}

@@ -43,7 +43,7 @@ Tunables are read when a process starts, so `maybe_reexec()` re-executes the
 interpreter once, with the same command line and the tunables added to
 `GLIBC_TUNABLES` (a tunable the user already set keeps the user's value). It
 is called first thing by the command-line entry points (`python -m
-vit_jax.main`, `vit_jax.bench`, and `benchmarks/` timm_side_by_side.py,
+vit_jax.main`, `vit_jax.perf.bench`, and `benchmarks/` timm_side_by_side.py,
 scaling.py, profile_step.py), never on import. It does nothing when all the
 tunables are already there, when `VIT_JAX_DEFAULT_MALLOC=1`, when the C
 library is not glibc >= 2.26, or when the machine has a GPU or TPU (device

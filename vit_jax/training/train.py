@@ -17,12 +17,12 @@ state and RNG from the newest checkpoint that verifies and loads, and the
 input pipeline restarts at `start_step=step`, so N + N steps equal 2N
 straight steps.
 
-Safety: a run holds `WORKDIR/lock` (`vit_jax.workdir_lock`); a resume with a
+Safety: a run holds `WORKDIR/lock` (`vit_jax.training.workdir_lock`); a resume with a
 config that changes the meaning of the run is refused
-(`vit_jax.config_record`), and the config is recorded only once every check
+(`vit_jax.training.config_record`), and the config is recorded only once every check
 passed; a NaN/Inf loss or gradient norm stops the run before anything more
 is saved (`TrainingDiverged`); a failed save stops it with a
-`train_checkpoint.CheckpointError`. All of them are one-line ValueErrors.
+`train_state.CheckpointError`. All of them are one-line ValueErrors.
 """
 
 import dataclasses
@@ -39,19 +39,19 @@ import numpy as np
 import optax
 
 from vit_jax import config_lib
-from vit_jax import config_record
-from vit_jax import dataset_info as dataset_info_lib
-from vit_jax import device_data
-from vit_jax import evaluate
-from vit_jax import metrics
-from vit_jax import microbatch
+from vit_jax.training import config_record
+from vit_jax.data import dataset_info as dataset_info_lib
+from vit_jax.data import device_data
+from vit_jax.evaluation import evaluate
+from vit_jax.training import metrics
+from vit_jax.perf import microbatch
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import pretrained
-from vit_jax import process_agree
-from vit_jax import sharding
-from vit_jax import train_checkpoint
-from vit_jax import workdir_lock
+from vit_jax.training import optim
+from vit_jax.checkpoints import pretrained
+from vit_jax.training import process_agree
+from vit_jax.training import sharding
+from vit_jax.checkpoints import train_state
+from vit_jax.training import workdir_lock
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -67,12 +67,12 @@ class TrainState:
 def input_module(dataset: str):
   """The input pipeline serving `config.data.dataset`."""
   if dataset == 'synthetic':
-    from vit_jax import synthetic_input  # pylint: disable=g-import-not-at-top
-    return synthetic_input
+    from vit_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    return synthetic
   if dataset.startswith('inmemory:'):
-    from vit_jax import inmemory_input  # pylint: disable=g-import-not-at-top
-    return inmemory_input
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from vit_jax.data import inmemory  # pylint: disable=g-import-not-at-top
+    return inmemory
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   return input_pipeline
 
 
@@ -113,7 +113,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule,
     micro_sharding: sharding of a micro-batch's leading dimension.
     parallel_microbatches: each (accumulation) micro-batch is computed as
       this many independent parts, which XLA:CPU runs side by side
-      (`vit_jax.microbatch`; same gradients up to summation order).
+      (`vit_jax.perf.microbatch`; same gradients up to summation order).
 
   Returns:
     (new state, {'loss', 'lr', 'grad_norm'} scalars).
@@ -183,7 +183,7 @@ class Setup:
   replicated: Any
   init_fn: Callable              # () -> sharded fresh TrainState
   eval_step: Callable
-  checkpointer: train_checkpoint.TrainCheckpointer
+  checkpointer: train_state.TrainCheckpointer
   # (step, reason) of the checkpoints the last restore skipped.
   skipped: list = dataclasses.field(default_factory=list)
 
@@ -199,7 +199,7 @@ class Setup:
   def restore_or_init(self) -> TrainState:
     """The newest checkpoint of the workdir that verifies and loads (the
     ones skipped are in `self.skipped`), else a fresh (or pretrained)
-    state. Raises train_checkpoint.CheckpointError if there are checkpoints
+    state. Raises train_state.CheckpointError if there are checkpoints
     but none can be restored."""
     found = self.checkpointer.restore_latest(self.abstract_state,
                                              lambda st: int(st.step))
@@ -283,7 +283,7 @@ def setup(config, workdir: str, devices=None) -> Setup:
       microbatch.resolve(config.parallel_microbatches, 'infer',
                          config.eval_batch_size, list(mesh.devices.flat),
                          config.image_size))
-  checkpointer = train_checkpoint.TrainCheckpointer(
+  checkpointer = train_state.TrainCheckpointer(
       workdir, save_every=config.checkpoint_every,
       keep=config.keep_checkpoints, use_async=config.async_checkpoints)
   return Setup(config, workdir, mesh, data, inp, info, model, tx, schedule,
@@ -422,13 +422,13 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
                        stop_after: Optional[int] = None) -> dict[str, Any]:
   """Trains `config.total_steps` steps, evaluating and checkpointing.
 
-  Holds the workdir's lock for the whole run (`vit_jax.workdir_lock`).
+  Holds the workdir's lock for the whole run (`vit_jax.training.workdir_lock`).
 
   Args:
     config: the experiment config (see configs/common.py).
     workdir: checkpoints, TensorBoard events and config.json go here; an
       existing checkpoint there is resumed (after the config check of
-      `vit_jax.config_record`).
+      `vit_jax.training.config_record`).
     devices: the devices of the mesh (default: all).
     stop_after: stop (with a checkpoint) after this many steps of *this*
       invocation, as if preempted; for tests of resume.
@@ -440,7 +440,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
   Raises:
     ValueError (one line): a bad config, a workdir in use or unusable, a
       refused resume, no restorable checkpoint, a failed save
-      (train_checkpoint.CheckpointError), a diverged loss (TrainingDiverged).
+      (train_state.CheckpointError), a diverged loss (TrainingDiverged).
   """
   with workdir_lock.WorkdirLock(workdir):
     return _train(config, workdir, devices, stop_after)
@@ -541,6 +541,21 @@ def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
   s.checkpointer.close()
   return {'step': step, 'train_losses': losses, 'eval': last_eval,
           'state': state}
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+  """Evaluates the workdir's latest checkpoint or `config.pretrained_path`."""
+  s = setup(config, workdir)
+  if s.checkpointer.latest_step() is None and not config.pretrained_path:
+    raise ValueError(f'nothing to evaluate: no checkpoint in {workdir}/'
+                     'checkpoints and config.pretrained_path is not set')
+  state = s.restore_or_init()
+  result = evaluate.evaluate(s.eval_step, state.params, s.eval_batches(),
+                             s.batch_sharding, config.data.prefetch)
+  metrics.log(f'evaluate step {int(state.step)}: top1={result["top1"]:.4f} '
+              f'top5={result["top5"]:.4f} loss={result["loss"]:.4f} '
+              f'on {int(result["count"])} images')
+  return result
 
 
 def _eval(s: Setup, state: TrainState, step: int, writer) -> dict:

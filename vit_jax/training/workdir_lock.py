@@ -15,7 +15,7 @@ released by the kernel when the owner dies, however it dies):
 On object stores (`gs://...`), where no lock primitive exists, the same
 record is checked and written without atomicity (best effort).
 In multi-process runs only process 0 takes the lock; the other processes
-learn the outcome through `vit_jax.process_agree` (a collective).
+learn the outcome through `vit_jax.training.process_agree` (a collective).
 """
 
 import datetime
@@ -31,8 +31,8 @@ from typing import Optional
 from etils import epath
 import jax
 
-from vit_jax import metrics
-from vit_jax import process_agree
+from vit_jax.training import metrics
+from vit_jax.training import process_agree
 
 NAME = 'lock'
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from vit_jax import images
+from vit_jax.data import images
 
 
 def _tf_decodes(contents: tf.Tensor) -> tf.Tensor:

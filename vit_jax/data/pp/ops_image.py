@@ -14,7 +14,7 @@ value_range(a, b)  pixels 0..255 -> [a, b], float32
 
 import tensorflow as tf
 
-from vit_jax.pp.registry import register
+from vit_jax.data.pp.registry import register
 
 
 @register('decode')

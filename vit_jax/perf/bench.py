@@ -1,14 +1,14 @@
 """Throughput benchmark of one model: img/s, FLOPs, MFU, memory, compile time.
 
-    python -m vit_jax.bench --model=B/16 --resolution=224 --batch=32 \
+    python -m vit_jax.perf.bench --model=B/16 --resolution=224 --batch=32 \
         --dtype=float32 --mode=infer
-    python -m vit_jax.bench --model=B/16 --dtype=bfloat16 --mode=train --remat
+    python -m vit_jax.perf.bench --model=B/16 --dtype=bfloat16 --mode=train --remat
 
 Measures in one process, on the default JAX device:
   img/s          median over `--steps` timed steps (after `--warmup` steps);
                  each step ends with `block_until_ready`.
   FLOPs          analytic, 2 x multiply-accumulates of every matmul / conv of
-                 the forward pass (`vit_jax.models.flops`); a training step
+                 the forward pass (`vit_jax.perf.flops`); a training step
                  counts 3 x forward (forward + backward w.r.t. activations and
                  weights), remat recomputation not counted (model FLOPs).
   TFLOP/s, MFU   achieved FLOP/s, and that over the peak: `--peak_tflops`, or
@@ -44,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import host_malloc
-from vit_jax import microbatch
+from vit_jax.perf import host_malloc
+from vit_jax.perf import microbatch
 from vit_jax import models
-from vit_jax.models import flops as flops_lib
+from vit_jax.perf import flops as flops_lib
 
 MODES = ('infer', 'train')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -178,7 +178,7 @@ def forward_flops(model, image_size: Sequence[int]) -> int:
 def make_infer_step(model, microbatches: int = 1) -> Callable:
   """(params, images [B,H,W,3]) -> logits [B, classes] in float32, jitted.
 
-  `microbatches`: independent micro-batches per step (`vit_jax.microbatch`).
+  `microbatches`: independent micro-batches per step (`vit_jax.perf.microbatch`).
   """
   def step(params, images):
     return microbatch.map_batch(
@@ -192,7 +192,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
   """(params, opt_state, images, labels) -> (params, opt_state, loss).
 
   Parameters and optimizer state are donated (updated in place).
-  `microbatches`: independent micro-batches per step (`vit_jax.microbatch`).
+  `microbatches`: independent micro-batches per step (`vit_jax.perf.microbatch`).
   """
   def loss_fn(params, images, labels, rng):
     del rng  # no dropout in the benchmarked models
@@ -335,7 +335,7 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog='python -m vit_jax.bench', description=__doc__.split('\n')[0])
+      prog='python -m vit_jax.perf.bench', description=__doc__.split('\n')[0])
   p.add_argument('--model', default='Ti/16', help='registry name, e.g. B/16')
   p.add_argument('--resolution', type=int, default=224)
   p.add_argument('--batch', type=int, default=32)
@@ -349,7 +349,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help='ViT attention kernel (default: XLA decides)')
   p.add_argument('--parallel_microbatches', type=int, default=0,
                  help='independent micro-batches per step (0: automatic, '
-                 'see vit_jax.microbatch)')
+                 'see vit_jax.perf.microbatch)')
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--peak_tflops', type=float, default=None,
                  help='peak for MFU (default: datasheet / measured)')
@@ -377,6 +377,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax import host_malloc  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
   host_malloc.maybe_reexec()
   sys.exit(main())

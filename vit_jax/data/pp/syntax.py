@@ -1,7 +1,7 @@
 """The pp string syntax alone (no TensorFlow): `op1(arg, ...)|op2|...`.
 
-Shared by the tf.data ops (`vit_jax.pp.registry`) and usable by any other
-reader (e.g. the numpy one in `vit_jax.inmemory_input`), so one config
+Shared by the tf.data ops (`vit_jax.data.pp.registry`) and usable by any other
+reader (e.g. the numpy one in `vit_jax.data.inmemory`), so one config
 string means the same ops everywhere. Arguments are numbers.
 """
 

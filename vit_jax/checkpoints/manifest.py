@@ -1,6 +1,6 @@
 """Checksum manifests of checkpoint steps: `<step>/vit_jax_manifest.json`.
 
-`vit_jax.train_checkpoint` writes one into every step directory once all
+`vit_jax.checkpoints.train_state` writes one into every step directory once all
 processes have written their files of the step and before Orbax makes the
 step visible (the rename of its temporary directory), so a finalized step
 always carries its manifest. `verify` recomputes it before a restore: a file

@@ -1,6 +1,6 @@
 """CLI for the analyses in `vit_jax.analysis`: PNG figures + a JSON of numbers.
 
-    python -m vit_jax.analyze SUBCOMMAND --out DIR [--model NAME]
+    python -m vit_jax.analysis SUBCOMMAND --out DIR [--model NAME]
         [--checkpoint FILE.npz] [--resolution 224] ...
 
 Subcommands (each writes `DIR/<subcommand>.json` and PNGs into DIR):
@@ -584,7 +584,7 @@ def _error(msg: str):
 
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog='python -m vit_jax.analyze',
+      prog='python -m vit_jax.analysis',
       description=__doc__.split('\n\n')[0])
   sub = p.add_subparsers(dest='cmd', required=True)
 

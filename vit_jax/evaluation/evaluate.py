@@ -1,10 +1,10 @@
-"""Top-1 / top-5 evaluation, and the `trainer='evaluate'` entry point.
+"""Top-1 / top-5 evaluation of a model over an eval split.
 
 `make_eval_step` jits one sharded step that returns *sums* over the valid
 (mask True) examples of a global batch; `evaluate` adds them up over the
 eval split, so padding in the last batch and any number of processes give
-exact averages. `run(config, workdir)` evaluates the latest checkpoint of the
-workdir (or `config.pretrained_path`) once and prints the metrics.
+exact averages. (`trainer='evaluate'`, one evaluation of a workdir or a
+pretrained file, is `vit_jax.training.train.evaluate_checkpoint`.)
 """
 
 from typing import Callable, Iterable
@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax import device_data
-from vit_jax import metrics
-from vit_jax import microbatch
+from vit_jax.data import device_data
+from vit_jax.training import metrics
+from vit_jax.perf import microbatch
 
 
 def make_eval_step(model, param_shardings, batch_sharding,
@@ -25,7 +25,7 @@ def make_eval_step(model, param_shardings, batch_sharding,
 
   `batch` holds 'image' [B, H, W, 3], 'label' [B] int32, 'mask' [B] bool.
   The forward runs as `parallel_microbatches` independent parts
-  (`vit_jax.microbatch`; same logits).
+  (`vit_jax.perf.microbatch`; same logits).
   """
 
   def eval_step(params, batch):
@@ -60,19 +60,3 @@ def evaluate(eval_step: Callable, params, batches: Iterable[dict],
   n = max(t['count'], 1.0)
   return {'top1': t['correct1'] / n, 'top5': t['correct5'] / n,
           'loss': t['loss'] / n, 'count': t['count']}
-
-
-def run(config, workdir: str) -> dict[str, float]:
-  """Evaluates the workdir's latest checkpoint or `config.pretrained_path`."""
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  setup = train.setup(config, workdir)
-  if setup.checkpointer.latest_step() is None and not config.pretrained_path:
-    raise ValueError(f'nothing to evaluate: no checkpoint in {workdir}/'
-                     'checkpoints and config.pretrained_path is not set')
-  state = setup.restore_or_init()
-  result = evaluate(setup.eval_step, state.params, setup.eval_batches(),
-                    setup.batch_sharding, config.data.prefetch)
-  metrics.log(f'evaluate step {int(state.step)}: top1={result["top1"]:.4f} '
-              f'top5={result["top5"]:.4f} loss={result["loss"]:.4f} '
-              f'on {int(result["count"])} images')
-  return result

@@ -2,7 +2,7 @@
 
 FLOPs are counted as 2 x multiply-accumulates of every matrix product
 (`dot_general`, and the OpenBLAS products and convolutions of
-`vit_jax.kernels.cpu_gemm`) and convolution in the forward pass, read off
+`vit_jax.perf.cpu_gemm`) and convolution in the forward pass, read off
 the model's jaxpr: exact for any architecture, with no per-family formula to keep in
 sync. Elementwise work (GELU, softmax, norms, adds) is not counted; it is
 under 1 % for ViTs. This is the convention that matches a measured `2 n^3`
@@ -22,7 +22,7 @@ import jax.extend.core  # noqa: F401  (jaxprs_in_params)
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.kernels import cpu_gemm
+from vit_jax.perf import cpu_gemm
 
 
 def count_params(tree: Any) -> int:

@@ -11,7 +11,7 @@
                      the pixels of `images.decode_rgb` (`tf_decode`);
   'digits'           scikit-learn's bundled 1,797 8x8 handwritten digits
                      (offline; fixed 1,500 / 297 split, as `inmemory:digits`).
-Preprocessing is a pp string (`vit_jax.pp`). Each process reads only its own
+Preprocessing is a pp string (`vit_jax.data.pp`). Each process reads only its own
 shard (`tfds.split_for_jax_process` / every process_count-th file) and yields
 its slice of the global batch as numpy arrays; the trainer assembles the global
 `jax.Array`.
@@ -45,11 +45,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_jax import dataset_info as dataset_info_lib
-from vit_jax import image_folder
-from vit_jax import images
-from vit_jax import pp
-from vit_jax import tf_decode
+from vit_jax.data import dataset_info as dataset_info_lib
+from vit_jax.data import image_folder
+from vit_jax.data import images
+from vit_jax.data import pp
+from vit_jax.data import tf_decode
 
 tf.config.set_visible_devices([], 'GPU')  # keep TF off accelerators
 
@@ -150,8 +150,8 @@ class _Digits:
 
   def _load(self, split):
     # pylint: disable=g-import-not-at-top,protected-access
-    from vit_jax import inmemory_input
-    return inmemory_input._load_digits(split)
+    from vit_jax.data import inmemory
+    return inmemory._load_digits(split)
 
   def classes(self, split):
     return self._load(split)[2]
@@ -371,7 +371,7 @@ def eval_iterator(data, *, global_batch_size: int,
 
 
 def _main(argv=None):
-  """Measures input img/s alone: `python -m vit_jax.input_pipeline -h`."""
+  """Measures input img/s alone: `python -m vit_jax.data.input_pipeline -h`."""
   import argparse  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top

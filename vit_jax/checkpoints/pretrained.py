@@ -7,12 +7,12 @@ analyses all load through here:
     params = pretrained.fit(model, init_params, restored, (384, 384))
     model, params = pretrained.load_model('Ti/16', 'ViT-Ti_16.npz', (224, 224))
 
-Sources: an official-layout `.npz` (`vit_jax.checkpoint.read_npz`: the
+Sources: an official-layout `.npz` (`vit_jax.checkpoints.npz.read_npz`: the
 released pre-Linen naming or the Linen naming, local or `gs://`), or a
 `vit_jax.main` workdir / its `checkpoints/` / one `checkpoints/<step>/` (the
 params of its Orbax checkpoint; the workdir's `config.json` names the model).
 
-Adaptation to the target model (`vit_jax.checkpoint.merge`): position
+Adaptation to the target model (`vit_jax.checkpoints.npz.merge`): position
 embeddings resampled to the model's token grid at `image_size`, the head
 re-initialized when the number of classes differs, `pre_logits` dropped when
 the model has none; anything else that differs, and NaN or Inf in the
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax.checkpoints import npz
 from vit_jax import models
 
 PyTree = Any
@@ -66,7 +66,7 @@ class Restored:
 
   def describe(self) -> str:
     """E.g. 'ViT-Ti_16.npz (npz, released naming, 5,717,416 parameters)'."""
-    n = sum(int(np.size(v)) for v in checkpoint.flatten(self.params).values())
+    n = sum(int(np.size(v)) for v in npz.flatten(self.params).values())
     what = self.kind if self.naming is None else (
         f'{self.kind}, {self.naming} naming')
     return f'{self.source} ({what}, {n:,} parameters)'
@@ -91,7 +91,7 @@ def _workdir_config(path: str) -> dict:
 
 def check_finite(params: PyTree, source: str) -> None:
   """PretrainedError naming the first key (sorted) holding a NaN or Inf."""
-  for k, v in sorted(checkpoint.flatten(params).items()):
+  for k, v in sorted(npz.flatten(params).items()):
     v = np.asarray(v)
     if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v)):
       bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
@@ -102,9 +102,9 @@ def check_finite(params: PyTree, source: str) -> None:
 def read(path: str) -> Restored:
   """Reads an `.npz` or a workdir's latest params (module doc)."""
   if _is_workdir(path):
-    from vit_jax import train_checkpoint  # pylint: disable=g-import-not-at-top
+    from vit_jax.checkpoints import train_state  # pylint: disable=g-import-not-at-top
     try:
-      params = train_checkpoint.load_params(path)
+      params = train_state.load_params(path)
     except (FileNotFoundError, ValueError) as e:
       raise PretrainedError(f'{path}: {e}') from e
     cfg = _workdir_config(path)
@@ -113,10 +113,10 @@ def read(path: str) -> Restored:
                         model_overrides=dict(cfg.get('model') or {}))
   else:
     try:
-      flat, naming = checkpoint.read_npz_with_naming(path)
-    except checkpoint.CheckpointError as e:
+      flat, naming = npz.read_npz_with_naming(path)
+    except npz.CheckpointError as e:
       raise PretrainedError(str(e)) from e
-    restored = Restored(checkpoint.unflatten(flat), path, 'npz',
+    restored = Restored(npz.unflatten(flat), path, 'npz',
                         naming=naming)
   check_finite(restored.params, path)
   return restored
@@ -124,7 +124,7 @@ def read(path: str) -> Restored:
 
 def fit(model, init_params: PyTree, restored: Restored,
         image_size: Optional[Sequence[int]] = None) -> PyTree:
-  """`restored` fitted to the shapes of `init_params` (`checkpoint.merge`).
+  """`restored` fitted to the shapes of `init_params` (`npz.merge`).
 
   Args:
     model: the target model; with `image_size` it gives the token grid the
@@ -138,8 +138,8 @@ def fit(model, init_params: PyTree, restored: Restored,
   if image_size is not None and hasattr(model, 'patch_grid'):
     grid = model.patch_grid(tuple(image_size))
   try:
-    return checkpoint.merge(init_params, restored.params, grid=grid)
-  except checkpoint.CheckpointError as e:
+    return npz.merge(init_params, restored.params, grid=grid)
+  except npz.CheckpointError as e:
     raise PretrainedError(f'{restored.source}: {e}') from e
 
 

@@ -6,7 +6,7 @@ flat `/`-joined keys (`Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`,
 names, so a parameter tree and a checkpoint map key for key.
 
 `merge` adapts a checkpoint to a model of another shape (the one loading
-path that uses it is `vit_jax.pretrained`):
+path that uses it is `vit_jax.checkpoints.pretrained`):
   * position embeddings are resampled on their 2-D grid (class token row kept
     aside), bilinearly with scipy as the official code does;
   * the head is re-initialized (to the model's init: zeros) when the number of
@@ -14,7 +14,7 @@ path that uses it is `vit_jax.pretrained`):
   * anything else that differs is an error naming the key and both shapes;
     missing and unexpected keys are errors listing them.
 
-CLI:  python -m vit_jax.checkpoint inspect FILE
+CLI:  python -m vit_jax.checkpoints inspect FILE
 """
 
 import io
@@ -28,7 +28,7 @@ import flax
 import numpy as np
 import scipy.ndimage
 
-from vit_jax import npz_naming
+from vit_jax.checkpoints import npz_naming
 
 PyTree = Any
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -81,7 +81,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def read_npz_with_naming(path: str) -> tuple[dict[str, np.ndarray], str]:
   """({key: array} in the released naming, the naming the file used:
-  'pre-linen' (as released) or 'linen'; see `vit_jax.npz_naming`)."""
+  'pre-linen' (as released) or 'linen'; see `vit_jax.checkpoints.npz_naming`)."""
   if '://' in path:  # buckets: read through etils (gcsfs / tf.io.gfile)
     from etils import epath  # pylint: disable=g-import-not-at-top
     if not epath.Path(path).exists():
@@ -268,19 +268,3 @@ def inspect(path: str, out=sys.stdout) -> None:
     total += v.size
     print(f'{k:<{width}}  {str(v.shape):<22} {v.dtype}', file=out)
   print(f'{len(flat)} arrays, {total:,} parameters', file=out)
-
-
-def main(argv: Sequence[str]) -> int:
-  if len(argv) != 3 or argv[1] != 'inspect':
-    print('usage: python -m vit_jax.checkpoint inspect FILE', file=sys.stderr)
-    return 2
-  try:
-    inspect(argv[2])
-  except CheckpointError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main(sys.argv))

@@ -4,7 +4,7 @@
         --workdir=/tmp/it
 
 `run(config, workdir)` times every mode of `config.modes` ('infer', 'train')
-with `vit_jax.bench.run` (img/s, analytic FLOPs, TFLOP/s, MFU, peak memory,
+with `vit_jax.perf.bench.run` (img/s, analytic FLOPs, TFLOP/s, MFU, peak memory,
 compile time), prints one summary line per mode and writes the raw results
 to `workdir/inference_time.json` (a list of `bench.Result` dicts).
 """
@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 
-from vit_jax import bench
+from vit_jax.perf import bench
 
 
 def run(config, workdir: str) -> list[bench.Result]:

@@ -1,6 +1,6 @@
 """Small image folders decoded once into memory (`dataset='inmemory:PATH'`).
 
-Implements the input contract of `vit_jax.input_pipeline` (same functions,
+Implements the input contract of `vit_jax.data.input_pipeline` (same functions,
 same batches) for datasets that fit in RAM as uint8 arrays, such as the
 60,000 32x32 CIFAR-10 JPEGs of `{train,test}/<class>/<file>`: decoding happens
 once (`images.decode_rgb`, the pixels of predict and `folder:`), augmentation
@@ -27,10 +27,10 @@ from typing import Iterator, Optional
 import jax
 import numpy as np
 from PIL import Image
-from vit_jax import dataset_info as dataset_info_lib
-from vit_jax import image_folder
-from vit_jax import images
-from vit_jax.pp import syntax
+from vit_jax.data import dataset_info as dataset_info_lib
+from vit_jax.data import image_folder
+from vit_jax.data import images
+from vit_jax.data.pp import syntax
 
 PREFIX = 'inmemory:'
 PP_OPS = ('decode', 'resize', 'random_crop', 'central_crop', 'inception_crop',

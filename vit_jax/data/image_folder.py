@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from vit_jax import images
+from vit_jax.data import images
 
 
 def _subfolders(d: str) -> list[str]:

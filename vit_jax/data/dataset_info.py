@@ -1,6 +1,6 @@
 """What every input reader shares: the dataset summary, the batch slice
-that belongs to this process (`input_pipeline`, `inmemory_input`,
-`synthetic_input` implement the same contract), and the run's class map
+that belongs to this process (`input_pipeline`, `inmemory`,
+`synthetic` implement the same contract), and the run's class map
 `WORKDIR/classes.json`."""
 
 import dataclasses

@@ -10,7 +10,7 @@ Orbax writes a step into a temporary directory and renames it (and writes
 leaves no step that `latest_step()` returns: a restart resumes from the last
 complete checkpoint. Works for local and `gs://` workdirs (etils.epath).
 
-Every step carries a checksum manifest (`vit_jax.checkpoint_manifest`),
+Every step carries a checksum manifest (`vit_jax.checkpoints.manifest`),
 written by process 0 after all files of the step are written and before the
 rename. `restore_latest` walks back from the newest step to the newest one
 whose manifest verifies, that loads, and whose values are finite; it prints
@@ -28,9 +28,9 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from vit_jax import checkpoint_manifest
-from vit_jax import metrics
-from vit_jax import process_agree
+from vit_jax.checkpoints import manifest
+from vit_jax.training import metrics
+from vit_jax.training import process_agree
 
 PyTree = Any
 TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's temporary step directories
@@ -94,7 +94,7 @@ class TrainCheckpointer:
     all files of the step are written, the step is not yet visible."""
     step = self._pending.popleft()
     tmp = self.directory / f'{step}{TMP_SUFFIX}'
-    checkpoint_manifest.write(tmp if tmp.exists() else self.directory /
+    manifest.write(tmp if tmp.exists() else self.directory /
                               str(step))
 
   def latest_step(self) -> Optional[int]:
@@ -192,7 +192,7 @@ class TrainCheckpointer:
     if not steps:
       return None
     unverified = process_agree.from_process_0(lambda: '' if any(
-        checkpoint_manifest.exists(self.directory / str(s)) for s in steps)
+        manifest.exists(self.directory / str(s)) for s in steps)
                                               else 'legacy')
     if unverified:
       metrics.log(f'warning: no checkpoint in {self.directory} has a checksum '
@@ -200,7 +200,7 @@ class TrainCheckpointer:
     skipped = []
     for step in steps:
       reason = '' if unverified else process_agree.from_process_0(
-          lambda s=step: checkpoint_manifest.verify(self.directory / str(s))
+          lambda s=step: manifest.verify(self.directory / str(s))
           or '')
       state = None
       if not reason:
@@ -297,11 +297,11 @@ def find_checkpoint(path: str) -> tuple[epath.Path, int]:
                   if d.name.isdigit() and d.is_dir()), reverse=True)
   if not steps:
     raise FileNotFoundError(f'no Orbax checkpoint steps under {path}')
-  if not any(checkpoint_manifest.exists(p / str(s)) for s in steps):
+  if not any(manifest.exists(p / str(s)) for s in steps):
     return p, steps[0]
   reasons = []
   for s in steps:
-    reason = checkpoint_manifest.verify(p / str(s))
+    reason = manifest.verify(p / str(s))
     if reason is None:
       return p, s
     reasons.append(f'step {s} {reason}')

@@ -113,7 +113,7 @@ def check_resume(config, recorded: dict[str, Any],
     if a == b or k in FREE_KEYS or k.startswith(FREE_PREFIXES):
       continue
     if k in EXTENDABLE_KEYS:
-      continue  # vit_jax.train reports it, with the lr it changes
+      continue  # vit_jax.training.train reports it, with the lr it changes
     change = f'{k} {_fmt(a)} -> {_fmt(b)}'
     if allow_all or any(k == p or k.startswith(p + '.') for p in allowed):
       notes.append(f'config.{change} on resume (allowed by '
