@@ -21,7 +21,7 @@ from vit_jax import models
 from vit_jax.perf import flops
 from vit_jax.models import vit
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 TINY = dict(resolution=32, batch=2, steps=1, warmup=0, peak_tflops=0.1)
 
 

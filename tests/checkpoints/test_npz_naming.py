@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests import golden_inputs
+from tests.conftest import REPO
 from vit_jax.checkpoints import npz
 from vit_jax import models
 from vit_jax.checkpoints import npz_naming
@@ -26,7 +27,7 @@ from vit_jax.models import vit
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
-FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'official'
+FIXTURES = REPO / 'tests' / 'fixtures' / 'official'
 LINEN = json.loads((FIXTURES / 'golden_cases.json').read_text())['linen']
 TOL = 1e-4
 

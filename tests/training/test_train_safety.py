@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_train import small_config
+from tests.training.test_train import small_config
 from vit_jax.training import train
 from vit_jax.checkpoints import train_state
 

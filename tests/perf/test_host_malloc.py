@@ -9,7 +9,8 @@ import pytest
 
 from vit_jax.perf import host_malloc
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO as _REPO
+REPO = str(_REPO)
 
 
 ALL = ':'.join(host_malloc.TUNABLES)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 def test_training_on_a_folder_with_a_bad_file(tmp_path):

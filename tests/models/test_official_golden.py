@@ -20,11 +20,12 @@ import PIL
 import pytest
 
 from tests import golden_inputs
+from tests.conftest import REPO
 from vit_jax.checkpoints import npz
 from vit_jax import models
 from vit_jax.checkpoints import pretrained
 
-FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'official'
+FIXTURES = REPO / 'tests' / 'fixtures' / 'official'
 GOLDEN = json.loads((FIXTURES / 'golden_cases.json').read_text())
 GOLDEN_LOGITS = json.loads((FIXTURES / 'golden_logits.json').read_text())
 TOL = 1e-4  # max |logit difference|, float32

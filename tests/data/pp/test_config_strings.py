@@ -15,11 +15,12 @@ import pytest
 import tensorflow as tf
 
 from configs import common
+from tests.conftest import REPO
 from vit_jax import config_lib
 from vit_jax.data import inmemory
 from vit_jax.data import pp
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
+CONFIGS = REPO / 'configs'
 
 
 def _module_strings():

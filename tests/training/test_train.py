@@ -14,7 +14,7 @@ from configs import vit as vit_config
 from vit_jax.data import device_data
 from vit_jax.training import train
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 # Compile time dominates these tiny models on CPU (conftest fixture).
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
