@@ -173,6 +173,14 @@ def test_unreleased_patch_size_is_refused_unless_allowed(name):
   config_lib.validate(c, num_devices=8)
 
 
+def test_runs_recorded_before_the_key_still_resume():
+  from vit_jax.training import config_record  # pylint: disable=g-import-not-at-top
+  c = vit.get_config('mu16,synthetic')
+  recorded = config_record.as_dict(c)
+  del recorded['allow_custom_model']
+  assert config_record.check_resume(c, recorded, '/w') == []
+
+
 # --------------------------------------------------------------------------
 # Config files: found from any directory; `configs` is their own package.
 

@@ -134,11 +134,12 @@ def test_every_entry_point_has_help_from_another_directory(installed):
 
 
 def _actions(parser: argparse.ArgumentParser):
-  for action in parser._actions:  # pylint: disable=protected-access
-    if isinstance(action, argparse._SubParsersAction):  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  for action in parser._actions:
+    if isinstance(action, argparse._SubParsersAction):
       for name, sub in action.choices.items():
         yield from ((f'{name} {a}', h) for a, h in _actions(sub))
-    elif not isinstance(action, argparse._HelpAction):  # pylint: disable=protected-access
+    elif not isinstance(action, argparse._HelpAction):
       yield '/'.join(action.option_strings) or action.dest, action.help
 
 
