@@ -15,11 +15,20 @@ import pathlib
 
 import ml_collections
 
-# ../shared/data next to the repository, or $VIT_JAX_SHARED_DATA.
-SHARED_DATA = os.environ.get(
-    'VIT_JAX_SHARED_DATA',
-    str(pathlib.Path(__file__).resolve().parent.parent.parent / 'shared' /
-        'data'))
+
+def _shared_data() -> str:
+  """$VIT_JAX_SHARED_DATA; else ../shared/data next to the repository, or,
+  for the copy installed inside the package (vit_jax/configs), next to the
+  working directory."""
+  if 'VIT_JAX_SHARED_DATA' in os.environ:
+    return os.environ['VIT_JAX_SHARED_DATA']
+  here = pathlib.Path(__file__).resolve().parent
+  root = pathlib.Path.cwd() if here.parent.name == 'vit_jax' else here.parent
+  return str(root.parent / 'shared' / 'data')
+
+
+# The real data folder (checkpoints, CIFAR-10 JPEGs, ImageNet samples).
+SHARED_DATA = _shared_data()
 
 PP_FINETUNE = ('decode|resize({resize_size})|random_crop({image_size})|'
                'flip_lr|value_range(-1,1)')
@@ -77,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   # released checkpoints) | gelu_erf (exact; timm's default).
   c.model_name = 'B/16'
   c.model = ml_collections.ConfigDict(dict(mlp_activation='gelu_tanh'))
+  # A patch size that no released checkpoint or preset uses (B/17) is
+  # refused as a likely typo unless this is True (vit_jax.config_lib).
+  c.allow_custom_model = False
   c.dtype = 'float32'            # compute dtype: float32 | bfloat16
   c.image_size = 384
   # Fine-tune pp resizes to 8/7 of the crop, then crops (follows image_size).

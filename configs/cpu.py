@@ -18,6 +18,9 @@ Any key can still be overridden with --config.KEY=VALUE.
 
 from configs import common
 
+# The argument after ':' (`python -m vit_jax.main --help` lists it).
+ARGUMENT = 'EXPERIMENT'
+
 EXPERIMENTS = ('digits', 'cifar10_ft', 'cifar10_scratch32', 'cifar10_ft64')
 TI16 = f'{common.SHARED_DATA}/checkpoints/ViT-Ti_16-augreg-i21k-ft-i1k-224.npz'
 CIFAR = f'inmemory:{common.SHARED_DATA}/cifar10'

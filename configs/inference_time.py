@@ -12,6 +12,9 @@ The argument after ':' is a model name of the `vit_jax.models` registry.
 
 import ml_collections
 
+# The argument after ':' (`python -m vit_jax.main --help` lists it).
+ARGUMENT = 'MODEL_NAME'
+
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()

@@ -7,6 +7,9 @@ presets starting with 'mixer_' are the Mixer ones (default Mixer-B/16).
 from configs import common
 from vit_jax import config_lib
 
+# The argument after ':' (`python -m vit_jax.main --help` lists it).
+ARGUMENT = 'MODEL,DATASET[,res=N,steps=N,batch=N,lr=X]'
+
 MODELS = {k: v for k, v in common.MODELS.items() if k.startswith('mixer_')}
 
 

@@ -12,6 +12,9 @@ of ImageNet-1k. `configs/cpu.py:cifar10_scratch32` is the CPU-sized version.
 from configs import common
 from vit_jax import config_lib
 
+# The argument after ':' (`python -m vit_jax.main --help` lists it).
+ARGUMENT = 'MODEL,DATASET[,res=N,steps=N,batch=N,lr=X]'
+
 
 def get_config(arg=None):
   config = common.get_config()

@@ -12,6 +12,9 @@ base lr 0.03, cosine decay, warmup, grad-norm clip 1, batch 512, 384 px.
 
 from configs import common
 
+# The argument after ':' (`python -m vit_jax.main --help` lists it).
+ARGUMENT = 'MODEL,DATASET[,res=N,steps=N,batch=N,lr=X]'
+
 
 def get_config(arg=None):
   config = common.with_presets(arg)

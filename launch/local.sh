@@ -3,9 +3,10 @@
 #
 #   launch/local.sh N_PROCESSES DEVICES_PER_PROCESS -- <vit_jax.main args>
 #
-# Each process gets JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-# JAX_PROCESS_ID (read by vit_jax.main, which calls jax.distributed.initialize
-# and selects gloo CPU collectives), JAX_PLATFORMS=cpu and
+# Process i runs `python -m vit_jax.main --distributed
+# --coordinator_address=localhost:PORT --num_processes=N --process_id=i ARGS`
+# (main calls jax.distributed.initialize with them and selects gloo CPU
+# collectives) with JAX_PLATFORMS=cpu and
 # XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES_PER_PROCESS.
 # Output of process i goes to stdout prefixed with "[i]"; the script exits
 # with the first non-zero status. Env: PORT (default a free one), PYTHON.
@@ -35,10 +36,11 @@ trap cleanup INT TERM
 
 for ((i = 0; i < n; i++)); do
   (
-    export JAX_COORDINATOR_ADDRESS="localhost:${port}"
-    export JAX_NUM_PROCESSES="$n" JAX_PROCESS_ID="$i" JAX_PLATFORMS=cpu
+    export JAX_PLATFORMS=cpu
     export XLA_FLAGS="--xla_force_host_platform_device_count=${d}"
-    exec "$python" -m vit_jax.main "$@" 2>&1 | sed -u "s/^/[$i] /"
+    exec "$python" -m vit_jax.main --distributed \
+      --coordinator_address="localhost:${port}" --num_processes="$n" \
+      --process_id="$i" "$@" 2>&1 | sed -u "s/^/[$i] /"
   ) &
   pids+=("$!")
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cloud TPU VM (single host or pod slice): create or reuse the slice, copy this
-# checkout to every worker, install, and start vit_jax.main on all workers at
-# once (one process per host; jax.distributed auto-detects the pod).
+# checkout to every worker, install, and start vit_jax.main --distributed on
+# all workers at once (one process per host; jax.distributed auto-detects the
+# pod).
 #
 #   launch/tpu_vm.sh [--dry-run] --name=NAME --zone=ZONE --accelerator=v4-32 \
 #       --bucket=gs://BUCKET [--project=P] [--version=tpu-ubuntu2204-base] \
@@ -17,7 +18,7 @@
 # launch/tpu_vm_delete.sh.
 set -euo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "tpu_vm.sh: $*" >&2; exit 1; }
 
 dry_run=0
@@ -84,7 +85,7 @@ run_cmd() {  # prints the command; runs it unless --dry-run
 }
 
 quoted_args="$(for a in "${main_args[@]}"; do printf ' '; quote "$a"; done)"
-remote_main="cd ~/vit_jax && mkdir -p ~/vit_jax_logs && VIT_JAX_DISTRIBUTED=1 nohup python3 -m vit_jax.main${quoted_args} --workdir=${workdir} > ~/vit_jax_logs/worker.log 2>&1 &"
+remote_main="cd ~/vit_jax && mkdir -p ~/vit_jax_logs && nohup python3 -m vit_jax.main --distributed${quoted_args} --workdir=${workdir} > ~/vit_jax_logs/worker.log 2>&1 &"
 
 if [[ $dry_run -eq 0 ]] && gcloud compute tpus tpu-vm describe "$name" "${where[@]}" >/dev/null 2>&1; then
   echo "reusing existing TPU VM $name"
@@ -98,7 +99,7 @@ run_cmd bash -c "cd $(quote "$repo") && git ls-files -co --exclude-standard -z |
 run_cmd gcloud compute tpus tpu-vm scp "$tarball" "$name:~/vit_jax_code.tgz" \
   --worker=all "${where[@]}"
 run_cmd gcloud compute tpus tpu-vm ssh "$name" --worker=all "${where[@]}" \
-  --command="mkdir -p ~/vit_jax && tar -xzf ~/vit_jax_code.tgz -C ~/vit_jax && cd ~/vit_jax && python3 -m pip install -q -r requirements.txt && python3 -m pip install -q -U 'jax[tpu]'"
+  --command="mkdir -p ~/vit_jax && tar -xzf ~/vit_jax_code.tgz -C ~/vit_jax && cd ~/vit_jax && python3 -m pip install -q . && python3 -m pip install -q -U 'jax[tpu]'"
 run_cmd gcloud compute tpus tpu-vm ssh "$name" --worker=all "${where[@]}" \
   --command="$remote_main"
 

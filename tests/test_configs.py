@@ -2,6 +2,11 @@
 validates; bad values give one-line errors naming the key and the allowed
 values."""
 
+import os
+import pathlib
+import shutil
+import sys
+
 import pytest
 
 from configs import common
@@ -128,3 +133,103 @@ def test_mlp_activation_is_recorded_and_kept_by_presets():
   c = vit.get_config('ti16,cifar10')
   config_lib.set_value(c, 'model.mlp_activation', 'gelu_erf')
   config_lib.validate(c, 8)
+
+
+# --------------------------------------------------------------------------
+# Patch sizes: released or preset ones only, unless asked for.
+
+
+@pytest.mark.parametrize('name, size', [
+    ('B/16', 16), ('ViT-B_8', 8), ('ViT-H_14', 14), ('R26+S/32', 32),
+    ('R_Ti/16', 16), ('Mixer-B_16', 16), ('ViT-S_16-gap-norep', 16),
+    ('mu/4', 4), ('BiT-R50', None)])
+def test_patch_size_of_registry_names(name, size):
+  assert config_lib.patch_size(name) == size
+
+
+def test_every_preset_and_example_name_has_an_allowed_patch_size():
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  allowed = config_lib.RELEASED_PATCH_SIZES + config_lib.PRESET_PATCH_SIZES
+  names = [n for n, _ in common.MODELS.values()] + list(models.EXAMPLE_NAMES)
+  for name in names:
+    assert config_lib.patch_size(name) in allowed + (None,), name
+  # The preset-only size is used by a preset, so the allowance is needed.
+  assert {config_lib.patch_size(n) for n, _ in common.MODELS.values()} >= set(
+      config_lib.PRESET_PATCH_SIZES)
+
+
+@pytest.mark.parametrize('name', ['B/17', 'Ti/15', 'ViT-L_20', 'Mixer-B_12'])
+def test_unreleased_patch_size_is_refused_unless_allowed(name):
+  c = vit.get_config('mu16,synthetic')
+  config_lib.set_value(c, 'model_name', name)
+  with pytest.raises(ValueError) as e:
+    config_lib.validate(c, num_devices=8)
+  p = config_lib.patch_size(name)
+  assert str(e.value) == (
+      f'config.model_name={name!r}: patch size {p} is none of the released '
+      '(8, 14, 16, 32) or preset (4) sizes; set '
+      '--config.allow_custom_model=True to train it anyway')
+  config_lib.set_value(c, 'allow_custom_model', 'True')
+  config_lib.validate(c, num_devices=8)
+
+
+def test_runs_recorded_before_the_key_still_resume():
+  from vit_jax.training import config_record  # pylint: disable=g-import-not-at-top
+  c = vit.get_config('mu16,synthetic')
+  recorded = config_record.as_dict(c)
+  del recorded['allow_custom_model']
+  assert config_record.check_resume(c, recorded, '/w') == []
+
+
+# --------------------------------------------------------------------------
+# Config files: found from any directory; `configs` is their own package.
+
+
+def test_config_file_from_another_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert config_lib.resolve_config_file('configs/cpu.py:digits') == (
+      f'{config_lib.CONFIGS_DIR / "cpu.py"}:digits')
+  assert config_lib.CONFIGS_DIR == pathlib.Path(common.__file__).parent
+  # A file of the working directory wins.
+  (tmp_path / 'configs').mkdir()
+  (tmp_path / 'configs' / 'cpu.py').write_text('')
+  assert config_lib.resolve_config_file('configs/cpu.py:x') == (
+      'configs/cpu.py:x')
+  with pytest.raises(ValueError) as e:
+    config_lib.resolve_config_file('configs/nope.py:b16')
+  assert str(e.value) == (
+      f'--config=configs/nope.py:b16: no such config file ({tmp_path}/'
+      f'configs/nope.py nor {config_lib.CONFIGS_DIR}/nope.py); available: '
+      'configs/cpu.py, configs/inference_time.py, configs/mixer.py, '
+      'configs/pretrain.py, configs/vit.py')
+
+
+@pytest.fixture
+def own_configs_modules():
+  """Restores this process's `configs` modules after the test."""
+  saved = {k: v for k, v in sys.modules.items()
+           if k == 'configs' or k.startswith('configs.')}
+  yield
+  for k in [k for k in sys.modules if k == 'configs' or
+            k.startswith('configs.')]:
+    del sys.modules[k]
+  sys.modules.update(saved)
+
+
+def test_a_copy_of_configs_imports_its_own_siblings(tmp_path,
+                                                     own_configs_modules):
+  """As when installed (vit_jax/configs): `from configs import common` in
+  the copy's cpu.py gives the copy's common.py, not the checkout's."""
+  copy = tmp_path / 'site' / 'vit_jax' / 'configs'
+  shutil.copytree(config_lib.CONFIGS_DIR, copy,
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  with open(copy / 'common.py', 'a') as f:
+    f.write('\nMARK = "copy"\n')
+  module = config_lib.load_config_module(str(copy / 'cpu.py'))
+  assert module.common.MARK == 'copy'
+  assert pathlib.Path(sys.modules['configs.common'].__file__) == (
+      copy / 'common.py')
+  assert module.get_config('digits').model_name == 'mu/4'
+  # Installed inside the package, the data folder is found from the cwd.
+  assert module.common.SHARED_DATA == os.environ.get(
+      'VIT_JAX_SHARED_DATA', str(pathlib.Path.cwd().parent / 'shared' / 'data'))

@@ -1,9 +1,12 @@
-"""Tests of the entry point: bad command lines give one-line errors, and the
-train -> evaluate dispatch works end to end."""
+"""Tests of the entry point: --help lists the presets, bad command lines give
+one-line errors, the train -> evaluate dispatch works end to end, and a run's
+output: no repeated library log lines, an ETA without compile time, a rerun
+of a finished run that says so, and a last line naming the outputs."""
 
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +15,11 @@ import time
 import jax
 import pytest
 
+from configs import common
+from configs import cpu
+from vit_jax import config_lib
 from vit_jax import main
+from vit_jax.training import metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Compile time dominates these tiny models on CPU (conftest fixture).
@@ -39,14 +46,53 @@ def run_main(*args, devices=8):
       '--config.batch_size=20'],
      'config.batch_size=20 (per micro-batch 20) is not divisible by the 8 '
      'devices'),
+    (['--config=configs/cpu.py:mnist'],
+     'configs/cpu.py:mnist: unknown experiment; allowed: digits, cifar10_ft, '
+     'cifar10_scratch32, cifar10_ft64'),
+    (['--config=configs/vit.py:mu16,synthetic', '--config.model_name=B/17'],
+     "config.model_name='B/17': patch size 17 is none of the released (8, "
+     '14, 16, 32) or preset (4) sizes; set --config.allow_custom_model=True'),
+    (['--config=configs/vit.py:mu16,synthetic', '--config.model_name=b16'],
+     "config.model_name: unknown model name 'b16'; examples of valid names: "
+     'ViT-Ti_16'),
+    (['--config=configs/vits.py:b16,cifar10'],
+     'no such config file ({REPO}/configs/vits.py); available: '
+     'configs/cpu.py, configs/inference_time.py, '
+     'configs/mixer.py, configs/pretrain.py, configs/vit.py'),
+    (['--config=configs/vit.py:mu16,synthetic', '--num_processes=2'],
+     '--num_processes needs --distributed'),
 ])
 def test_bad_command_lines_fail_with_one_line(args, match, tmp_path):
   proc = run_main(*args, f'--workdir={tmp_path}')
   assert proc.returncode != 0
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(lines) == 1, proc.stderr[-2000:]
-  assert match in lines[0]
+  assert match.format(REPO=REPO) in lines[0]
   assert 'Traceback' not in proc.stderr
+  assert not os.listdir(tmp_path)  # refused before any work
+
+
+def test_help_lists_presets_syntax_and_flags():
+  proc = run_main('--help')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = proc.stdout
+  assert text.startswith('usage: python -m vit_jax.main --config=FILE[:ARG]')
+  assert 'MODEL,DATASET[,res=N,steps=N,batch=N,lr=X]' in text
+  flat = ' '.join(text.split())  # help lines are wrapped
+  for key, (name, _) in common.MODELS.items():
+    assert f'{key} ({name})' in flat
+  for key, preset in common.DATASETS.items():
+    assert f'{key} ({preset["data"]["dataset"]}, ' in flat
+  for short, key in config_lib.SHORTHANDS.items():
+    assert f'{short}=... sets config.{key}' in flat
+  assert 'EXPERIMENT of configs/cpu.py: ' + ', '.join(cpu.EXPERIMENTS) in flat
+  for f in ('vit', 'mixer', 'pretrain', 'cpu', 'inference_time'):
+    assert f'configs/{f}.py:' in text
+  for flag in ('--config', '--workdir', '--distributed',
+               '--coordinator_address', '--num_processes', '--process_id',
+               '--verbosity'):
+    assert re.search(rf'^  {flag}\b.*: \S', text, re.M), flag
+  assert f'then in {REPO / "configs"}' in flat
 
 
 def test_train_then_evaluate(tmp_path):
@@ -179,3 +225,115 @@ def test_full_disk_during_an_async_save_is_one_line(tmp_path):
   steps = sorted(d for d in os.listdir(tmp_path / 'checkpoints')
                  if d.isdigit())
   assert steps == ['2', '3']
+
+
+# --------------------------------------------------------------------------
+# A run's output, and a rerun of the finished run.
+
+
+def test_eta_excludes_compilation(monkeypatch):
+  """Step 1 compiles for 30 s, steps 2..10 take 0.1 s each: the ETA at step
+  10 is 990 x 0.1 s (the first ETA was 7 min for a 56 s run when the
+  compile time was counted)."""
+  clock = [0.0]
+  monkeypatch.setattr(metrics.time, 'perf_counter', lambda: clock[0])
+  progress = metrics.Progress(total_steps=1000, batch_size=64, start_step=0)
+  clock[0] = 30.0
+  assert progress.update(1) is None  # not restarted yet: no figure
+  progress.restart(1)
+  assert progress.compile_sec == 30.0
+  clock[0] = 30.0 + 9 * 0.1
+  p = progress.update(10)
+  assert p['eta_sec'] == pytest.approx(990 * 0.1)
+  assert p['img_per_sec'] == pytest.approx(640)
+  clock[0] += 5.0  # an evaluation: not counted
+  assert progress.update(10) is None
+  clock[0] += 10 * 0.2
+  assert progress.update(20)['eta_sec'] == pytest.approx(980 * 0.2)
+
+
+# absl / glog C++ log line: level, date, time, thread id, then the message.
+_CPP_LOG = re.compile(r'^[IWEF]\d{4} [\d:.]+\s+\d+ ')
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  """A 3-step run, then the same command again. TensorFlow's C++ log lines
+  are left on (conftest silences them for the other tests)."""
+  workdir = tmp_path_factory.mktemp('finished') / 'w'
+  cmd = [sys.executable, '-m', 'vit_jax.main', *SMALL, f'--workdir={workdir}',
+         '--config.total_steps=3', '--config.checkpoint_every=2']
+  env = _env()
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-3000:]
+  events = sorted(os.listdir(workdir / 'tensorboard'))
+  history = sorted(os.listdir(workdir / 'configs'))
+  second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+  return dict(workdir=workdir, first=first, second=second, events=events,
+              history=history)
+
+
+def test_library_log_lines_are_not_repeated(finished):
+  """TensorFlow logs its load-time notes from two of its libraries; each
+  line is printed once."""
+  for proc in (finished['first'], finished['second']):
+    lines = proc.stderr.splitlines()
+    cpp = [_CPP_LOG.sub('', l) for l in lines if _CPP_LOG.match(l)]
+    assert len(cpp) == len(set(cpp)), proc.stderr[-3000:]
+    absl_note = [l for l in lines if 'before absl::InitializeLog()' in l]
+    assert len(absl_note) <= 1, proc.stderr[-3000:]
+
+
+def test_progress_lines_count_no_compile_time(finished):
+  out = finished['first'].stdout.splitlines()
+  steps = [l for l in out if l.startswith('step ')]
+  assert re.fullmatch(r'step 1/3 loss [\d.]+ lr [\d.]+ grad_norm [\d.]+ '
+                      r'\(first step, with compilation: [\d.]+s\)', steps[0])
+  for line in steps[1:]:
+    assert re.fullmatch(r'step [23]/3 loss [\d.]+ lr [\d.]+ grad_norm [\d.]+ '
+                        r'[\d.]+ img/s ETA \d+:\d\d', line), line
+
+
+def test_last_line_names_checkpoints_and_events(finished):
+  w = finished['workdir']
+  steps = sorted(int(d) for d in os.listdir(w / 'checkpoints') if d.isdigit())
+  assert steps == [2, 3]
+  want = (f'checkpoints: {w}/checkpoints (steps 2, 3); TensorBoard events: '
+          f'{w}/tensorboard')
+  assert finished['first'].stdout.splitlines()[-1] == want
+  assert finished['second'].stdout.splitlines()[-1] == want
+
+
+def test_rerun_of_a_finished_run_says_so_with_its_final_eval(finished):
+  first, second = finished['first'].stdout, finished['second'].stdout
+  assert finished['second'].returncode == 0, finished['second'].stderr[-3000:]
+  [final] = re.findall(r'^eval step 3: (top1 \S+ top5 \S+ loss \S+) ', first,
+                       re.M)
+  w = finished['workdir']
+  assert (f'run already finished: step 3/3 ({w}/checkpoints/3); final eval '
+          f'(step 3): {final}; nothing to do') in second
+  assert not re.search(r'^(step|eval step) ', second, re.M)  # nothing ran
+  # Nothing written: no (empty) event file, no new config record.
+  assert sorted(os.listdir(w / 'tensorboard')) == finished['events']
+  assert sorted(os.listdir(w / 'configs')) == finished['history']
+
+
+def test_events_read_back_with_tensorboard(finished):
+  """The scalars as TensorBoard's own reader sees them."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  acc = event_accumulator.EventAccumulator(
+      str(finished['workdir'] / 'tensorboard'), size_guidance={'tensors': 0})
+  acc.Reload()
+  [top1] = acc.Tensors('eval/top1')
+  assert top1.step == 3
+  printed = re.search(r'^eval step 3: top1 (\S+)', finished['first'].stdout,
+                      re.M).group(1)
+  value = float(tensor_util.make_ndarray(top1.tensor_proto))
+  assert f'{value:.4f}' == printed
+  assert [e.step for e in acc.Tensors('train/loss')] == [1, 2, 3]
+  assert [e.step for e in acc.Tensors('train/img_per_sec')] == [2, 3]

@@ -1,13 +1,26 @@
-"""Config arguments (`vit.py:b16,cifar10`), presets and validation.
+"""Config files (`configs/vit.py:b16,cifar10`), presets and validation.
+
+`resolve_config_file('configs/cpu.py:digits')` finds the file a `--config`
+names: the path as given (relative to the working directory), else the copy
+of `configs/` this vit_jax came with (`CONFIGS_DIR`: the checkout's
+`configs/` next to the `vit_jax/` package, or the installed `vit_jax/configs`
+of `pip install .`), so README commands work from any directory.
+`use_configs_package(path)` makes `configs` (which the config files import:
+`from configs import common`) the package of the folder that file is in;
+`import_config('common')` imports one of CONFIGS_DIR's modules.
 
 `parse_arg('b16,cifar10,res=128', models=..., datasets=...)` splits the string
-after ':' of `--config=configs/vit.py:...` into a model preset, a dataset
-preset and `key=value` overrides. `validate(config, num_devices)` checks a
-config before anything expensive happens; every error is one line naming the
-key and the allowed values.
+after ':' into a model preset, a dataset preset and `key=value` overrides.
+`validate(config, num_devices)` checks a config before anything expensive
+happens; every error is one line naming the key and the allowed values.
 """
 
 import dataclasses
+import importlib.util
+import os
+import pathlib
+import re
+import sys
 from typing import Any, Mapping, Optional
 
 import ml_collections
@@ -19,6 +32,100 @@ KEPT_MODEL_KEYS = ('mlp_activation',)
 # key=value shorthands accepted in the config argument.
 SHORTHANDS = {'res': 'image_size', 'steps': 'total_steps',
               'batch': 'batch_size', 'lr': 'optim.base_lr'}
+# Patch sizes (the total stride of a hybrid's stem) of the released
+# checkpoints: ViT-B/8, ViT-H/14, */16, */32; and of the presets of
+# configs/common.py trained here from scratch (mu/4, Ti/4 `vit_c4`). Any
+# other size is refused unless config.allow_custom_model is set.
+RELEASED_PATCH_SIZES = (8, 14, 16, 32)
+PRESET_PATCH_SIZES = (4,)
+ALLOW_CUSTOM_KEY = 'allow_custom_model'
+_PATCH_RE = re.compile(r'[_/](\d+)(?:-gap-norep|-gap|-map)?$')
+
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def _configs_dir() -> pathlib.Path:
+  installed = _PACKAGE_DIR / 'configs'     # pip install . (package data)
+  if (installed / 'common.py').is_file():
+    return installed
+  return _PACKAGE_DIR.parent / 'configs'   # a checkout, pip install -e .
+
+
+# The configs/ folder this vit_jax came with.
+CONFIGS_DIR = _configs_dir()
+
+
+def config_files() -> list[str]:
+  """The config files of CONFIGS_DIR, as `configs/NAME.py`."""
+  return sorted(f'configs/{p.name}' for p in CONFIGS_DIR.glob('*.py')
+                if not p.name.startswith('_') and p.name != 'common.py')
+
+
+def resolve_config_file(spec: str) -> str:
+  """`PATH[:ARG]` with PATH replaced by the file it names.
+
+  PATH as given when it exists (relative to the working directory); else a
+  relative `configs/X.py` is looked up in CONFIGS_DIR.
+
+  Raises:
+    ValueError (one line) naming the paths tried and the available files.
+  """
+  path, sep, arg = spec.partition(':')
+  if os.path.isfile(path):
+    return spec
+  parts = pathlib.PurePath(path).parts
+  tried = [os.path.abspath(path)]
+  if len(parts) >= 2 and parts[0] == 'configs':
+    candidate = CONFIGS_DIR.joinpath(*parts[1:])
+    if candidate.is_file():
+      return f'{candidate}{sep}{arg}'
+    if str(candidate) not in tried:
+      tried.append(str(candidate))
+  raise ValueError(f'--config={spec}: no such config file '
+                   f'({" nor ".join(tried)}); available: '
+                   f'{", ".join(config_files())}')
+
+
+def use_configs_package(config_file: str) -> None:
+  """Makes `import configs` give the package of the folder holding
+  `config_file` (when that folder is a package named `configs`), so a config
+  file imports its own siblings, `from configs import common`, wherever it
+  lies: in a checkout, or installed as `vit_jax/configs`."""
+  folder = pathlib.Path(config_file).resolve().parent
+  if folder.name != 'configs' or not (folder / '__init__.py').is_file():
+    return
+  try:
+    spec = importlib.util.find_spec('configs')
+  except (ImportError, ValueError):
+    spec = None
+  locations = (spec.submodule_search_locations or []) if spec else []
+  if any(pathlib.Path(p).resolve() == folder for p in locations):
+    return
+  for name in [m for m in sys.modules if m == 'configs' or
+               m.startswith('configs.')]:
+    del sys.modules[name]  # another folder's `configs`
+  spec = importlib.util.spec_from_file_location(
+      'configs', folder / '__init__.py',
+      submodule_search_locations=[str(folder)])
+  module = importlib.util.module_from_spec(spec)
+  sys.modules['configs'] = module
+  spec.loader.exec_module(module)
+
+
+def import_config(name: str):
+  """`configs.<name>` of CONFIGS_DIR (e.g. 'common', for its presets)."""
+  use_configs_package(str(CONFIGS_DIR / f'{name}.py'))
+  return importlib.import_module(f'configs.{name}')
+
+
+def load_config_module(config_file: str):
+  """The module of a config file (its siblings importable as `configs.X`)."""
+  use_configs_package(config_file)
+  spec = importlib.util.spec_from_file_location(
+      '_vit_jax_config_' + pathlib.Path(config_file).stem, config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +232,29 @@ def _one_of(key: str, value: Any, allowed) -> None:
                      f'{", ".join(map(str, allowed))}')
 
 
+def patch_size(model_name: str) -> Optional[int]:
+  """The patch size a registry name asks for (`B/16` -> 16, `R26+S/32` ->
+  32, the stride of the hybrid's stem), None for names without one
+  (`BiT-R50`)."""
+  m = _PATCH_RE.search(model_name)
+  return int(m.group(1)) if m else None
+
+
+def check_patch_size(model_name: str, allow_custom: bool = False) -> None:
+  """Refuses (one-line ValueError) a patch size that no released checkpoint
+  or preset uses (`B/17` is a typo more often than an experiment), unless
+  `allow_custom`."""
+  p = patch_size(model_name)
+  if allow_custom or p is None or p in (RELEASED_PATCH_SIZES +
+                                        PRESET_PATCH_SIZES):
+    return
+  raise ValueError(
+      f'config.model_name={model_name!r}: patch size {p} is none of the '
+      f'released ({", ".join(map(str, RELEASED_PATCH_SIZES))}) or preset '
+      f'({", ".join(map(str, PRESET_PATCH_SIZES))}) sizes; set '
+      f'--config.{ALLOW_CUSTOM_KEY}=True to train it anyway')
+
+
 def validate(config, num_devices: Optional[int] = None) -> None:
   """Checks `config`; raises ValueError with a one-line message on error."""
   # Imports kept local: configs are validated before heavy imports matter.
@@ -138,6 +268,7 @@ def validate(config, num_devices: Optional[int] = None) -> None:
     cls, _ = models.model_kwargs(config.model_name)
   except ValueError as e:
     raise ValueError(f'config.model_name: {e}') from None
+  check_patch_size(config.model_name, config.get(ALLOW_CUSTOM_KEY, False))
   fields = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
   unknown = set(config.model.keys()) - fields
   if unknown:

@@ -109,20 +109,45 @@ def predict(probs_fn, paths: Sequence[str], resolution: int, crop_pct: float,
         yield p, probs[p], None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
       prog='python -m vit_jax.predict',
-      description='Top-5 classes per image with a ViT checkpoint.')
-  parser.add_argument('--model', required=True,
-                      help='registry name, e.g. Ti/16, ViT-B_16, R26+S/32')
-  parser.add_argument('--checkpoint', required=True, help='official .npz')
-  parser.add_argument('--resolution', type=int, default=224)
-  parser.add_argument('--crop_pct', type=float, default=images.CROP_PCT)
-  parser.add_argument('--labels', default=None)
-  parser.add_argument('--batch_size', type=int, default=32)
-  parser.add_argument('--json', action='store_true')
-  parser.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR')
-  args = parser.parse_args(argv)
+      description='Top-5 classes per image with a ViT checkpoint. Images are '
+      'decoded to RGB, the shorter side resized to floor(resolution / '
+      'crop_pct) (bicubic, antialiased), center-cropped to resolution x '
+      'resolution and scaled to [-1, 1]; position embeddings are resampled '
+      'when the resolution is not the checkpoint\'s.',
+      epilog='example: python -m vit_jax.predict --model=Ti/16 '
+      '--checkpoint=ViT-Ti_16.npz --labels=imagenet1k_labels.tsv photo.jpg '
+      'more_photos/')
+  p.add_argument('--model', required=True,
+                 help='registry name of the checkpoint\'s architecture, '
+                 'e.g. Ti/16, ViT-B_16, R26+S/32, Mixer-B_16')
+  p.add_argument('--checkpoint', required=True,
+                 help='an official .npz checkpoint file; the number of '
+                 'classes is read from its head')
+  p.add_argument('--resolution', type=int, default=224,
+                 help='side of the square model input in pixels (default '
+                 '%(default)s)')
+  p.add_argument('--crop_pct', type=float, default=images.CROP_PCT,
+                 help='center-crop fraction in (0, 1]: the shorter side is '
+                 'first resized to floor(resolution / crop_pct) (default '
+                 '%(default)s: 248 for 224; 1: no crop)')
+  p.add_argument('--labels', default=None,
+                 help='class names: one per line, or a TSV whose last column '
+                 'is the name (default: class_<index>)')
+  p.add_argument('--batch_size', type=int, default=32,
+                 help='images per forward pass (default %(default)s)')
+  p.add_argument('--json', action='store_true',
+                 help='one JSON object per image: {"image": PATH, "top5": '
+                 '[[class_index, label, probability], ...]}')
+  p.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
+                 help='image files, or folders (their images, sorted)')
+  return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parser().parse_args(argv)
   try:
     if not 0 < args.crop_pct <= 1:
       raise PredictError(f'--crop_pct={args.crop_pct} must be in (0, 1]')

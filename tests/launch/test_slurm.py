@@ -1,6 +1,6 @@
 """Tests of launch/slurm.sh (submit) and launch/slurm.sbatch (the job) with
 stub `sbatch`, `srun`, `scontrol` and a stub python that records the
-environment each task would start vit_jax.main with."""
+arguments and environment each task would start vit_jax.main with."""
 
 import json
 import shlex
@@ -28,7 +28,7 @@ for t in range(n):
              SLURM_LOCALID=str(t % per_node), SLURM_NODEID=str(t // per_node))
   subprocess.run(cmd, env=env, check=True)
 '''
-# Stands in for python: records the JAX_* environment and arguments.
+# Stands in for python: records the arguments and some environment.
 PYTHON = '''
 keys = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
         "CUDA_VISIBLE_DEVICES")
@@ -131,10 +131,14 @@ def test_job_starts_one_process_per_node_or_gpu(tmp_path, per_gpu):
   n = 8 if per_gpu else 2
   assert len(tasks) == n
   for t, task in enumerate(tasks):
-    assert task['argv'] == ['-m', 'vit_jax.main', *MAIN[1:]]
-    assert task['JAX_COORDINATOR_ADDRESS'] == 'gpu01:24242'
-    assert task['JAX_NUM_PROCESSES'] == str(n)
-    assert task['JAX_PROCESS_ID'] == str(t)
+    assert task['argv'] == [
+        '-m', 'vit_jax.main', '--distributed',
+        '--coordinator_address=gpu01:24242', f'--num_processes={n}',
+        f'--process_id={t}', *MAIN[1:]]
+    # The job is described by main's flags, not by environment variables.
+    assert task['JAX_COORDINATOR_ADDRESS'] is None
+    assert task['JAX_NUM_PROCESSES'] is None
+    assert task['JAX_PROCESS_ID'] is None
     assert task['cwd'] == str(stubs.REPO)
     assert task['CUDA_VISIBLE_DEVICES'] == (str(t % 4) if per_gpu else None)
   assert (tmp_path / 'logs').is_dir()
@@ -144,7 +148,8 @@ def test_job_port_override_and_refusals(tmp_path):
   env = slurm_job_env(tmp_path, VIT_JAX_PORT='31000')
   r = stubs.run('slurm.sbatch', MAIN, env)
   assert r.returncode == 0, r.stderr
-  assert 'gpu01:31000' in (tmp_path / 'tasks.jsonl').read_text()
+  assert '--coordinator_address=gpu01:31000' in (
+      tmp_path / 'tasks.jsonl').read_text()
 
   (tmp_path / 'outside').mkdir()
   outside = stubs.make_env(tmp_path / 'outside')

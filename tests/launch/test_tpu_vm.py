@@ -29,7 +29,7 @@ elif "describe" in a:
 
 def _expected(tarball):
   remote_main = ('cd ~/vit_jax && mkdir -p ~/vit_jax_logs && '
-                 'VIT_JAX_DISTRIBUTED=1 nohup python3 -m vit_jax.main '
+                 'nohup python3 -m vit_jax.main --distributed '
                  '--config=configs/vit.py:b16,cifar10 '
                  f'--config.total_steps=100 --workdir={WORKDIR} '
                  '> ~/vit_jax_logs/worker.log 2>&1 &')
@@ -41,8 +41,8 @@ def _expected(tarball):
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'vit-pod',
        '--worker=all', *WHERE,
        '--command=mkdir -p ~/vit_jax && tar -xzf ~/vit_jax_code.tgz -C '
-       '~/vit_jax && cd ~/vit_jax && python3 -m pip install -q -r '
-       "requirements.txt && python3 -m pip install -q -U 'jax[tpu]'"],
+       '~/vit_jax && cd ~/vit_jax && python3 -m pip install -q . && '
+       "python3 -m pip install -q -U 'jax[tpu]'"],
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'vit-pod',
        '--worker=all', *WHERE, f'--command={remote_main}'],
   ]

@@ -68,12 +68,24 @@ def _plain(o):
   return o.tolist() if hasattr(o, 'tolist') else str(o)
 
 
-def _ints(s: str) -> list[int]:
-  return [int(v) for v in s.split(',') if v.strip()]
+def _ints(s: str, flag: str) -> list[int]:
+  """'0,5,11' -> [0, 5, 11]; anything else is a one-line AnalysisError."""
+  try:
+    return [int(v) for v in s.split(',') if v.strip()]
+  except ValueError:
+    raise validate.AnalysisError(
+        f'{flag} {s!r}: expected comma-separated integers, e.g. 0,5,11'
+    ) from None
 
 
-def _floats(s: str) -> list[float]:
-  return [float(v) for v in s.split(',') if v.strip()]
+def _floats(s: str, flag: str) -> list[float]:
+  """'1,0.5' -> [1.0, 0.5]; anything else is a one-line AnalysisError."""
+  try:
+    return [float(v) for v in s.split(',') if v.strip()]
+  except ValueError:
+    raise validate.AnalysisError(
+        f'{flag} {s!r}: expected comma-separated numbers, e.g. 1,0.3,0.1'
+    ) from None
 
 
 def _default_model(args) -> None:
@@ -141,8 +153,10 @@ def cmd_attention(args) -> dict:
                                  f'{modelinfo.kind(model)}')
   n_layers = modelinfo.num_layers(model)
   layers = [modelinfo.check_layer(model, k) for k in
-            (_ints(args.layers) if args.layers else range(n_layers))]
-  heads = validate.indices('head', _ints(args.heads), model.num_heads,
+            (_ints(args.layers, '--layers') if args.layers
+             else range(n_layers))]
+  heads = validate.indices('head', _ints(args.heads, '--heads'),
+                           model.num_heads,
                            f'{model.num_heads} heads') if args.heads else list(
                                range(model.num_heads))
   names, imgs = _images(args)
@@ -268,8 +282,8 @@ def cmd_spatial(args) -> dict:
   model = _model_only(args)
   n = modelinfo.num_layers(model)
   layers = [modelinfo.check_layer(model, k) for k in
-            (_ints(args.layers) if args.layers else range(n))]
-  units = _ints(args.units) if args.units else list(
+            (_ints(args.layers, '--layers') if args.layers else range(n))]
+  units = _ints(args.units, '--units') if args.units else list(
       range(args.units_per_block))
   if not units:
     raise validate.AnalysisError(
@@ -357,7 +371,8 @@ def cmd_cls(args) -> dict:
   model = _model_only(args)
   n = modelinfo.num_layers(model)
   layers = cls_insertion.check(
-      model, _ints(args.layers) if args.layers else list(range(n + 1)),
+      model,
+      _ints(args.layers, '--layers') if args.layers else list(range(n + 1)),
       args.mode)
   images, labels, desc = _dataset(args)
   model, params = _load_model(args, (r, r))
@@ -416,7 +431,8 @@ LOWPASS_XLABEL = {
 
 def cmd_lowpass(args) -> dict:
   window = validate.choice('window', args.window, frequency.WINDOWS)
-  fr = [validate.fraction('cut-off', f) for f in _floats(args.fractions)]
+  fr = [validate.fraction('cut-off', f)
+        for f in _floats(args.fractions, '--fractions')]
   return _curve(args, 'lowpass', fr,
                 lambda f, _: (lambda x: frequency.low_pass(x, f,
                                                            window=window)),
@@ -520,7 +536,8 @@ def _masking_center_box_patches(args) -> dict:
   remove = validate.choice('removed region', args.remove or 'background',
                            center_box_patches.REMOVABLE)
   fr = [validate.fraction('removed fraction', f)
-        for f in _floats(args.fractions or '0,0.25,0.5,0.75,1')]
+        for f in _floats(args.fractions or '0,0.25,0.5,0.75,1',
+                         '--fractions')]
 
   def transform_for(f, model):
     px = args.patch_px or modelinfo.patch_size(model)[0]
@@ -597,17 +614,20 @@ def parser() -> argparse.ArgumentParser:
                    help='official .npz, or a vit_jax.main workdir')
     s.add_argument('--num_classes', type=int, default=None,
                    help='head width (default: the checkpoint\'s)')
-    s.add_argument('--resolution', type=int, default=224)
+    s.add_argument('--resolution', type=int, default=224,
+                   help='model input side in pixels (default %(default)s)')
     s.add_argument('--resize', type=int, default=None,
                    help='shorter side before the center crop '
                    '(default resolution / 0.9)')
-    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--seed', type=int, default=0,
+                   help='random seed (default %(default)s)')
     s.add_argument('--limit', type=int, default=None,
                    help='use only the first N images')
     if data:
       s.add_argument('--data', default='imagenet_samples',
                      help='imagenet_samples | cifar10:test | FOLDER')
-      s.add_argument('--batch_size', type=int, default=50)
+      s.add_argument('--batch_size', type=int, default=50,
+                     help='images per forward pass (default %(default)s)')
       s.add_argument('--label', default=None,
                      help='curve label for compare (default: --model)')
     if images:
@@ -619,18 +639,31 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument('--layers', default='', help='blocks to draw, e.g. 0,5,11')
   s.add_argument('--heads', default='', help='heads to draw, e.g. 0,2')
   s = common('embeddings', 'position embeddings, patch-embedding PCA')
-  s.add_argument('--components', type=int, default=28)
+  s.add_argument('--components', type=int, default=28,
+                 help='principal components of the patch embedding drawn '
+                 '(default %(default)s)')
   s = common('featvis', 'feature visualization')
   s.add_argument('--features', required=True,
                  help='KIND:LAYER:INDEX,... kinds mlp|block|query|key|value')
-  s.add_argument('--steps', type=int, default=400)
-  s.add_argument('--lr', type=float, default=0.1)
-  s.add_argument('--copies', type=int, default=8)
-  s.add_argument('--jitter', type=int, default=32)
-  s.add_argument('--flip', type=float, default=0.0)
-  s.add_argument('--noise', type=float, default=0.5)
-  s.add_argument('--tv_weight', type=float, default=4e-4)
-  s.add_argument('--ncols', type=int, default=4)
+  s.add_argument('--steps', type=int, default=400,
+                 help='optimization steps per feature (default %(default)s)')
+  s.add_argument('--lr', type=float, default=0.1,
+                 help='learning rate of the image (default %(default)s)')
+  s.add_argument('--copies', type=int, default=8,
+                 help='augmented copies per step (default %(default)s)')
+  s.add_argument('--jitter', type=int, default=32,
+                 help='largest random shift in pixels (default %(default)s)')
+  s.add_argument('--flip', type=float, default=0.0,
+                 help='probability of a horizontal flip per copy (default '
+                 '%(default)s)')
+  s.add_argument('--noise', type=float, default=0.5,
+                 help='std of the Gaussian noise added per copy, in [-1, 1] '
+                 'pixel units (default %(default)s)')
+  s.add_argument('--tv_weight', type=float, default=4e-4,
+                 help='weight of the total-variation penalty (default '
+                 '%(default)s)')
+  s.add_argument('--ncols', type=int, default=4,
+                 help='columns of featvis.png (default %(default)s)')
   s = common('spatial', "each unit's top-activating image per block and its "
              'map there; locality of the patch tokens', images=True)
   s.add_argument('--kind', default='mlp',
@@ -708,14 +741,21 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument('--patch_px', type=int, default=None,
                  help='center_box_patches: patch size (default: the '
                  'model\'s patch)')
-  s = sub.add_parser('compare', help='curves of several result JSONs')
-  s.add_argument('--out', required=True)
-  s.add_argument('--name', default='compare')
-  s.add_argument('--xlabel', default='')
-  s.add_argument('--title', default='')
+  s = sub.add_parser('compare', help='curves of several result JSONs',
+                     description='Draws the top-1 curves of several lowpass '
+                     '/ center_box_patches masking results (same x values) '
+                     'in one figure: DIR/NAME.png and DIR/NAME.json.')
+  s.add_argument('--out', required=True, help='output folder')
+  s.add_argument('--name', default='compare',
+                 help='file name of the figure and JSON (default '
+                 '%(default)s)')
+  s.add_argument('--xlabel', default='',
+                 help='x-axis label (default: the first result\'s)')
+  s.add_argument('--title', default='', help='figure title')
   s.add_argument('--relative', action='store_true',
                  help='divide each curve by its value at the first x')
-  s.add_argument('results', nargs='+')
+  s.add_argument('results', nargs='+', metavar='RESULT.json',
+                 help='lowpass.json / masking_*.json files of earlier runs')
   return p
 
 

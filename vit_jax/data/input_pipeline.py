@@ -374,7 +374,8 @@ def _main(argv=None):
   """Measures input img/s alone: `python -m vit_jax.data.input_pipeline -h`."""
   import argparse  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax import config_lib  # pylint: disable=g-import-not-at-top
+  common = config_lib.import_config('common')
   p = argparse.ArgumentParser(description=_main.__doc__)
   p.add_argument('--dataset', default=f'folder:{common.SHARED_DATA}/cifar10')
   p.add_argument('--split', default='train')

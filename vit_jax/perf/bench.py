@@ -333,16 +333,30 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
       device_peak_source=mem_src, host_peak_rss_bytes=rss)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog='python -m vit_jax.perf.bench', description=__doc__.split('\n')[0])
-  p.add_argument('--model', default='Ti/16', help='registry name, e.g. B/16')
-  p.add_argument('--resolution', type=int, default=224)
-  p.add_argument('--batch', type=int, default=32)
-  p.add_argument('--dtype', default='float32', choices=list(DTYPES))
-  p.add_argument('--mode', default='infer', choices=list(MODES))
-  p.add_argument('--steps', type=int, default=5, help='timed steps')
-  p.add_argument('--warmup', type=int, default=2)
+      prog='python -m vit_jax.perf.bench',
+      description=__doc__.split('\n')[0] + ' Prints one summary line.',
+      epilog='example: python -m vit_jax.perf.bench --model=B/16 '
+      '--dtype=bfloat16 --mode=train --remat')
+  p.add_argument('--model', default='Ti/16',
+                 help='registry name, e.g. B/16, R50+B/16, Mixer-B_16 '
+                 '(default %(default)s)')
+  p.add_argument('--resolution', type=int, default=224,
+                 help='input side in pixels (default %(default)s)')
+  p.add_argument('--batch', type=int, default=32,
+                 help='images per step (default %(default)s)')
+  p.add_argument('--dtype', default='float32', choices=list(DTYPES),
+                 help='compute dtype; parameters stay float32 (default '
+                 '%(default)s)')
+  p.add_argument('--mode', default='infer', choices=list(MODES),
+                 help='infer: forward pass; train: AdamW step (default '
+                 '%(default)s)')
+  p.add_argument('--steps', type=int, default=5,
+                 help='timed steps, the median is reported (default '
+                 '%(default)s)')
+  p.add_argument('--warmup', type=int, default=2,
+                 help='untimed steps after compiling (default %(default)s)')
   p.add_argument('--remat', action='store_true',
                  help='rematerialize each block in the backward pass')
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'],
@@ -350,11 +364,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument('--parallel_microbatches', type=int, default=0,
                  help='independent micro-batches per step (0: automatic, '
                  'see vit_jax.perf.microbatch)')
-  p.add_argument('--num_classes', type=int, default=1000)
+  p.add_argument('--num_classes', type=int, default=1000,
+                 help='head width (default %(default)s)')
   p.add_argument('--peak_tflops', type=float, default=None,
                  help='peak for MFU (default: datasheet / measured)')
-  p.add_argument('--json', default=None, help='append the result here')
-  return p.parse_args(argv)
+  p.add_argument('--json', default=None,
+                 help='append the full result as one JSON line to this file')
+  return p
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  return parser().parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -27,7 +27,8 @@ HISTORY_DIR = 'configs'
 ALLOW_KEY = 'allow_config_change'
 # May change between the runs of one workdir: execution and reporting only.
 FREE_KEYS = (
-    'trainer', ALLOW_KEY, 'log_every', 'eval_every', 'eval_at_start',
+    'trainer', ALLOW_KEY, 'allow_custom_model', 'log_every', 'eval_every',
+    'eval_at_start',
     'checkpoint_every', 'keep_checkpoints', 'async_checkpoints',
     'eval_batch_size', 'parallel_microbatches', 'partition_rules',
     'pretrained_path',  # read only by a fresh start, not by a resume

@@ -1,15 +1,19 @@
 """Metric output: TensorBoard event files in the workdir, stdout, progress.
 
 Only process 0 writes. `MetricWriter.write(step, {...})` logs scalars to
-`WORKDIR/tensorboard/` (tf.summary, so `gs://` workdirs work) and one line to
-stdout; `Progress` measures img/s and the ETA between log lines.
+`WORKDIR/tensorboard/` (tf.summary, so `gs://` workdirs work; view them with
+`tensorboard --logdir WORKDIR/tensorboard`); `last_scalars` reads the newest
+values back (the final eval of a finished run). `Progress` measures img/s and
+the ETA between log lines, from the first step after compilation on.
 """
 
 import logging
 import time
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
+
+TENSORBOARD_DIR = 'tensorboard'
 
 
 class MetricWriter:
@@ -21,7 +25,8 @@ class MetricWriter:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       tf.config.set_visible_devices([], 'GPU')
       self._tf = tf
-      self._writer = tf.summary.create_file_writer(f'{workdir}/tensorboard')
+      self._writer = tf.summary.create_file_writer(
+          f'{workdir}/{TENSORBOARD_DIR}')
 
   def write(self, step: int, scalars: Mapping[str, float],
             prefix: str = '') -> None:
@@ -44,6 +49,30 @@ class MetricWriter:
       self._writer.close()
 
 
+def last_scalars(workdir: str, prefix: str) -> Optional[dict[str, float]]:
+  """{'step': S, name: value, ...}: the scalars `prefix`+name that
+  `MetricWriter` wrote at the highest step S of `WORKDIR/tensorboard` (all
+  event files; prefix removed), or None when there are none."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  pattern = f'{workdir}/{TENSORBOARD_DIR}/events.out.tfevents.*'
+  found: dict[int, dict[str, float]] = {}
+  for path in sorted(tf.io.gfile.glob(pattern)):
+    try:
+      for record in tf.data.TFRecordDataset(path):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        for v in event.summary.value:
+          if v.tag.startswith(prefix):
+            found.setdefault(event.step, {})[v.tag[len(prefix):]] = float(
+                tf.make_ndarray(v.tensor))
+    except tf.errors.DataLossError:  # a file cut short: keep what was read
+      continue
+  if not found:
+    return None
+  step = max(found)
+  return {'step': step, **found[step]}
+
+
 def fmt_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
@@ -52,18 +81,35 @@ def fmt_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Throughput and ETA from the steps done since the previous call."""
+  """Throughput and ETA from the steps done since the previous call.
+
+  The first step of a run compiles the step function; call `restart(step)`
+  once it is done so that no figure includes the compilation (until then
+  `update` returns None).
+  """
 
   def __init__(self, total_steps: int, batch_size: int, start_step: int):
     self.total_steps = total_steps
     self.batch_size = batch_size
     self._step, self._time = start_step, time.perf_counter()
     self._start_time = self._time
+    self._started = False
+    self.compile_sec = 0.0
 
-  def update(self, step: int) -> dict[str, float]:
+  def restart(self, step: int) -> None:
+    """Measures from now on (`step` done; the time until now is compile)."""
     now = time.perf_counter()
-    steps = max(step - self._step, 1)
-    sec_per_step = (now - self._time) / steps
+    self.compile_sec = now - self._time
+    self._step, self._time, self._started = step, now, True
+
+  def update(self, step: int) -> Optional[dict[str, float]]:
+    """{'img_per_sec', 'eta_sec', 'elapsed_sec'} since the previous call,
+    or None before `restart` or when no step was done since."""
+    now = time.perf_counter()
+    if not self._started or step <= self._step:
+      self._time = now if self._started else self._time
+      return None
+    sec_per_step = (now - self._time) / (step - self._step)
     self._step, self._time = step, now
     return {'img_per_sec': self.batch_size / max(sec_per_step, 1e-9),
             'eta_sec': sec_per_step * (self.total_steps - step),

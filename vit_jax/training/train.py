@@ -27,6 +27,7 @@ is saved (`TrainingDiverged`); a failed save stops it with a
 
 import dataclasses
 import functools
+import json
 import signal
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -466,6 +467,8 @@ def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
   state = s.restore_or_init()
   start = int(state.step)
   _check_total_steps(s, start)
+  if start and start >= config.total_steps:
+    return _finished(s, state, start)
   # Every check passed: the workdir becomes this run's.
   s.checkpointer.move_aside([step for step, _ in s.skipped])
   s.checkpointer.remove_unfinished()
@@ -501,6 +504,9 @@ def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
     while step < config.total_steps:
       state, m = step_fn(state, next(batches))
       step += 1
+      if step == start + 1:  # compiled and run once: time from here on
+        jax.block_until_ready(m['loss'])
+        progress.restart(step)
       watch.update(step, m)
       s.checkpointer.check()  # a failed background save stops the run now
       if step % config.log_every == 0 or step == config.total_steps:
@@ -508,12 +514,15 @@ def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         losses[step] = m['loss']
         p = progress.update(step)
+        speed = (f'{p["img_per_sec"]:.1f} img/s ETA '
+                 f'{metrics.fmt_duration(p["eta_sec"])}' if p else
+                 f'(first step, with compilation: '
+                 f'{progress.compile_sec:.1f}s)')
         metrics.log(
             f'step {step}/{config.total_steps} loss {m["loss"]:.4f} '
-            f'lr {m["lr"]:.5f} grad_norm {m["grad_norm"]:.3f} '
-            f'{p["img_per_sec"]:.1f} img/s ETA '
-            f'{metrics.fmt_duration(p["eta_sec"])}')
-        writer.write(step, {**m, 'img_per_sec': p['img_per_sec']}, 'train/')
+            f'lr {m["lr"]:.5f} grad_norm {m["grad_norm"]:.3f} {speed}')
+        writer.write(step, {**m, **({'img_per_sec': p['img_per_sec']}
+                                    if p else {})}, 'train/')
       if (config.eval_every and step % config.eval_every == 0
           or step == config.total_steps):
         watch.raise_if_bad()
@@ -539,8 +548,36 @@ def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
     stop.restore()
     writer.close()
   s.checkpointer.close()
+  _log_outputs(s)
   return {'step': step, 'train_losses': losses, 'eval': last_eval,
           'state': state}
+
+
+def _finished(s: Setup, state: TrainState, step: int) -> dict[str, Any]:
+  """A rerun of a run that reached config.total_steps: says so, with the
+  final eval its TensorBoard events hold; writes nothing."""
+  last = json.loads(process_agree.from_process_0(lambda: json.dumps(
+      metrics.last_scalars(s.workdir, 'eval/'))))
+  if last is None:
+    result = f'no eval recorded in {s.workdir}/{metrics.TENSORBOARD_DIR}'
+  else:
+    result = (f'final eval (step {last["step"]}): ' + ' '.join(
+        f'{k} {last[k]:.4f}' for k in ('top1', 'top5', 'loss') if k in last))
+  metrics.log(f'run already finished: step {step}/{s.config.total_steps} '
+              f'({s.checkpointer.directory}/{step}); {result}; nothing to do '
+              '(raise config.total_steps to train longer)')
+  s.checkpointer.close()
+  _log_outputs(s)
+  return {'step': step, 'train_losses': {}, 'eval': last or {},
+          'state': state}
+
+
+def _log_outputs(s: Setup) -> None:
+  """The last line of a run: where its checkpoints and events are."""
+  steps = s.checkpointer.all_steps()
+  metrics.log(f'checkpoints: {s.checkpointer.directory} (steps '
+              f'{", ".join(map(str, steps)) if steps else "none"}); '
+              f'TensorBoard events: {s.workdir}/{metrics.TENSORBOARD_DIR}')
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
