@@ -103,6 +103,13 @@ def test_scanned_model_compiles_one_block_per_segment():
   assert [e.params['length'] for e in scans] == [L - 1]
 
 
+def test_flops_count_the_same_on_scanned():
+  from vit_jax.perf import flops  # pylint: disable=g-import-not-at-top
+  model, scanned, _, _, _ = _setup()
+  n = flops.forward_flops(model, (32, 32))
+  assert n > 0 and flops.forward_flops(scanned, (32, 32)) == n
+
+
 @pytest.mark.parametrize('kw', [{}, dict(classifier='gap')])
 def test_same_logits_and_gradients(kw):
   """Class token (blocks 0..L-2 scanned, the last block on the class token

@@ -87,10 +87,13 @@ def rematted(block_cls, policy: Optional[str], prevent_cse: bool = True):
 
 
 def _take(tree, start: int, stop: Optional[int] = None):
-  """Row `start` (stop=None) or rows start..stop-1 of every stacked leaf."""
+  """Row `start` (stop=None) or rows start..stop-1 of every stacked leaf
+  (the leaves themselves when that is all of them: no copy)."""
   if stop is None:
     return jax.tree.map(lambda v: v[start], tree)
-  return jax.tree.map(lambda v: v[start:stop], tree)
+  return jax.tree.map(
+      lambda v: v if start == 0 and v.shape[0] == stop else v[start:stop],
+      tree)
 
 
 class BlockStack(nn.Module):
