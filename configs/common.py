@@ -84,8 +84,13 @@ def get_config() -> ml_collections.ConfigDict:
   # constructor overrides (dropout_rate, classifier, num_layers, ...).
   # mlp_activation: gelu_tanh (flax.linen.gelu, the form that trained the
   # released checkpoints) | gelu_erf (exact; timm's default).
+  # scan_layers: blocks as one nn.scan, parameters stacked [L, ...] (one
+  # block compiled; .npz files stay per block; vit_jax.models.scan).
+  # remat_policy: recompute in the backward pass, per block: none |
+  # nothing_saveable | dots_saveable | dots_with_no_batch_dims_saveable.
   c.model_name = 'B/16'
-  c.model = ml_collections.ConfigDict(dict(mlp_activation='gelu_tanh'))
+  c.model = ml_collections.ConfigDict(dict(
+      mlp_activation='gelu_tanh', scan_layers=False, remat_policy='none'))
   # A patch size that no released checkpoint or preset uses (B/17) is
   # refused as a likely typo unless this is True (vit_jax.config_lib).
   c.allow_custom_model = False

@@ -28,7 +28,7 @@ import ml_collections
 TRAINERS = ('train', 'evaluate', 'inference_time')
 DTYPES = ('float32', 'bfloat16')
 # Model options a preset keeps from the defaults (configs/common.py).
-KEPT_MODEL_KEYS = ('mlp_activation',)
+KEPT_MODEL_KEYS = ('mlp_activation', 'scan_layers', 'remat_policy')
 # key=value shorthands accepted in the config argument.
 SHORTHANDS = {'res': 'image_size', 'steps': 'total_steps',
               'batch': 'batch_size', 'lr': 'optim.base_lr'}
@@ -279,6 +279,19 @@ def validate(config, num_devices: Optional[int] = None) -> None:
     from vit_jax.models import gelu  # pylint: disable=g-import-not-at-top
     _one_of('model.mlp_activation', config.model.mlp_activation,
             tuple(gelu.ACTIVATIONS))
+  if 'scan_layers' in config.model and not isinstance(
+      config.model.scan_layers, bool):
+    raise ValueError(f'config.model.scan_layers='
+                     f'{config.model.scan_layers!r} must be True or False')
+  if 'remat_policy' in config.model:
+    from vit_jax.models import scan  # pylint: disable=g-import-not-at-top
+    _one_of('model.remat_policy', config.model.remat_policy,
+            scan.REMAT_POLICIES)
+    try:
+      scan.remat_policy(config.model.remat_policy,
+                        bool(config.model.get('remat', False)))
+    except ValueError as e:
+      raise ValueError(f'config.model: {e}') from None
   _one_of('optim.name', config.optim.name, optim.OPTIMIZERS)
   _one_of('optim.schedule', config.optim.schedule, optim.SCHEDULES)
   _one_of('optim.momentum_dtype', config.optim.momentum_dtype,

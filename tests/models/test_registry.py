@@ -55,6 +55,48 @@ def test_param_count_equals_timm(name):
                                                         num_classes=1000)
 
 
+# Big presets (timm's same architectures; 1000 classes, 224 px). Counted
+# on the scanned model: its abstract init traces one block, not 27-56.
+BIG_AS_TIMM = {
+    'g/14': 'vit_giant_patch14_224',
+    'G/14': 'vit_gigantic_patch14_224',
+    'So400m/14-map': 'vit_so400m_patch14_siglip_224',
+}
+
+
+@pytest.mark.parametrize('name', sorted(BIG_AS_TIMM))
+def test_big_presets_param_count_equals_timm(name):
+  model = models.get_model(name, scan_layers=True)
+  assert n_params(model) == timm_params(BIG_AS_TIMM[name], num_classes=1000)
+
+
+def test_big_presets_against_published_counts():
+  """Zhai et al. 2022 table 2: ViT-g/14 1011 M, ViT-G/14 1843 M; PaLI
+  (Chen et al. 2022): ViT-e 3.9 B; Alabdulmohsin et al. 2023: SoViT-400m/14
+  428 M (MAP head). Encoder + stem, no head, 224 px."""
+  published = {'g/14': 1011e6, 'G/14': 1843e6, 'e/14': 3.9e9,
+               'So400m/14-map': 428e6}
+  rel = {'e/14': 0.03}  # PaLI rounds; ours: 3.805 B
+  for name, want in published.items():
+    got = n_params(models.get_model(name, num_classes=0, scan_layers=True))
+    assert abs(got / want - 1) < rel.get(name, 0.002), (name, got, want)
+
+
+def test_big_preset_names_parse():
+  want = {'g': (1408, 40, 6144, 16), 'G': (1664, 48, 8192, 16),
+          'e': (1792, 56, 15360, 16), 'So400m': (1152, 27, 4304, 16)}
+  for size, (width, depth, mlp, heads) in want.items():
+    for name in (f'{size}/14', f'ViT-{size}_14'):
+      m = models.get_model(name)
+      assert (m.hidden_size, m.num_layers, m.mlp_dim, m.num_heads,
+              tuple(m.patch_size)) == (width, depth, mlp, heads, (14, 14))
+  assert models.get_model('So400m/14-map').classifier == 'map'
+  assert models.get_model('S/16').hidden_size == 384  # not So400m
+  # scanned and unrolled: the same count (So400m: 27 blocks unrolled)
+  m = models.get_model('So400m/14', num_classes=0)
+  assert n_params(m) == n_params(m.clone(scan_layers=True)) == 412_444_656
+
+
 def test_param_counts_of_the_official_release():
   """Counts published in the official models_test.py (1000 classes)."""
   assert n_params(models.get_model('ViT-B_16')) == 86_567_656
@@ -76,7 +118,8 @@ def test_every_example_name_builds(name):
 
 
 @pytest.mark.parametrize('bad', ['ViT-X_16', 'B16', 'R50+ViT-B_8', 'Mixer-H_16',
-                                 'BiT-R77', ''])
+                                 'BiT-R77', '', 'So400/14', 'E/14',
+                                 'Mixer-g_14'])
 def test_unknown_name_is_an_error_listing_examples(bad):
   with pytest.raises(ValueError, match='ViT-B_16|known: R'):
     models.get_model(bad)

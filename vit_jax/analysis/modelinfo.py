@@ -6,7 +6,11 @@
     modelinfo.truncate(model, 3)  # the same model with blocks 0..3 only
 
 Works for every model of the registry that has blocks (ViT, hybrids,
-conv-stem ViT, Mixer); `kind` says which.
+conv-stem ViT, Mixer); `kind` says which. A scanned model
+(`scan_layers=True`, e.g. from a workdir's config) is returned by `build` and
+`load` in its unrolled form, with per-block parameters
+(`vit_jax.models.scan.unrolled`): the same function, and the analyses read
+`encoderblock_{i}` paths.
 """
 
 import json
@@ -18,6 +22,7 @@ from vit_jax.checkpoints import pretrained
 from vit_jax.analysis import validate
 from vit_jax.models import mixer
 from vit_jax.models import resnet
+from vit_jax.models import scan
 from vit_jax.models import vit
 
 
@@ -101,7 +106,7 @@ def build(name: Optional[str], path: Optional[str] = None, **overrides):
   if name is None:
     raise validate.AnalysisError('no model name given (and no workdir)')
   try:
-    return models.get_model(name, **overrides)
+    return scan.unrolled(models.get_model(name, **overrides))
   except ValueError as e:
     raise validate.AnalysisError(str(e)) from e
 
@@ -121,13 +126,13 @@ def load(name: Optional[str], path: Optional[str], image_size: Sequence[int],
     overrides: model constructor overrides (added to a workdir's).
 
   Returns:
-    (model, params).
+    (model, params), a scanned model unrolled (module doc).
   """
   if (path is not None and '://' not in path and not os.path.isfile(path)
       and not os.path.isdir(path)):
     raise validate.AnalysisError(f'no such checkpoint file or workdir: {path}')
   try:
-    return pretrained.load_model(name, path, image_size, num_classes, seed,
-                                 **overrides)
+    return scan.unrolled(*pretrained.load_model(
+        name, path, image_size, num_classes, seed, **overrides))
   except ValueError as e:
     raise validate.AnalysisError(str(e)) from e

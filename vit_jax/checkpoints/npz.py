@@ -5,6 +5,12 @@ flat `/`-joined keys (`Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`,
 `embedding/kernel` HWIO, `cls`, `head/kernel`, ...). Our models use the same
 names, so a parameter tree and a checkpoint map key for key.
 
+Scanned models (`scan_layers=True`) keep their blocks stacked,
+`Transformer/encoderblock/...` [L, ...] (`vit_jax.models.scan`); files keep
+the per-block layout: `save_npz` unstacks, `merge` stacks a per-block
+checkpoint for a scanned model (and unstacks a stacked tree for an unrolled
+one). Row i of a stacked array is block i's array, bit for bit.
+
 `merge` adapts a checkpoint to a model of another shape (the one loading
 path that uses it is `vit_jax.checkpoints.pretrained`):
   * position embeddings are resampled on their 2-D grid (class token row kept
@@ -29,6 +35,7 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax.checkpoints import npz_naming
+from vit_jax.models import scan
 
 PyTree = Any
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -54,8 +61,9 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_npz(path: str, params: PyTree) -> None:
-  """Writes `params` in the official layout (atomically: tmp file + rename)."""
-  flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+  """Writes `params` in the official layout (atomically: tmp file + rename);
+  stacked blocks of a scanned model are written per block."""
+  flat = {k: np.asarray(v) for k, v in scan.unstack(flatten(params)).items()}
   tmp = f'{path}.tmp-{os.getpid()}.npz'
   with open(tmp, 'wb') as f:
     np.savez(f, **flat)
@@ -179,8 +187,11 @@ def merge(init_params: PyTree, restored: PyTree, *,
     of a mismatch that cannot be adapted.
   """
   init = flatten(init_params)
-  ckpt = flatten(restored)
-  file_architecture = describe_architecture(ckpt)
+  file_architecture = describe_architecture(flatten(restored))
+  try:  # the model's layout: blocks stacked (scanned) or per block
+    ckpt = scan.to_layout(flatten(restored), init)
+  except ValueError as e:
+    raise CheckpointError(str(e)) from e
   dropped = []
   if not any(k.startswith('pre_logits/') for k in init):
     dropped = [k for k in ckpt if k.startswith('pre_logits/')]
@@ -246,8 +257,9 @@ def describe_architecture(flat: dict[str, Any]) -> str:
     parts.append(f'width {width}')
   blocks = {m.group(0) for k in flat
             for m in [re.search(r'(encoderblock|MixerBlock)_\d+', k)] if m}
-  if blocks:
-    parts.append(f'{len(blocks)} blocks')
+  n_blocks = len(blocks) + sum(scan.stacks(flat).values())  # + stacked
+  if n_blocks:
+    parts.append(f'{n_blocks} blocks')
   for k in ('embedding/kernel', 'stem/kernel'):
     if k in flat and len(np.shape(flat[k])) == 4:
       ph, pw = np.shape(flat[k])[:2]

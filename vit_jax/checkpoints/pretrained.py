@@ -17,6 +17,9 @@ embeddings resampled to the model's token grid at `image_size`, the head
 re-initialized when the number of classes differs, `pre_logits` dropped when
 the model has none; anything else that differs, and NaN or Inf in the
 weights, is a `PretrainedError` whose one-line message names the key.
+Block layouts are converted too: a per-block file (every `.npz`) is
+stacked for a scanned model (`scan_layers=True`), and a scanned workdir's
+stacked params are unstacked for an unrolled one (`vit_jax.models.scan`).
 """
 
 import dataclasses

@@ -4,8 +4,10 @@
     model = models.get_model('R26+S/32')          # AugReg naming
     model = models.get_model('Mixer-B_16', num_classes=0)
 
-Names understood (sizes mu | Ti | S | B | L | H, any patch size):
-  ViT:     `ViT-B_16`, `B/16`, `ViT-S_16-gap-norep` (gap, no pre-logits)
+Names understood (sizes mu | Ti | S | B | L | H | So400m | g | G | e, any
+patch size; `vit.VARIANTS`):
+  ViT:     `ViT-B_16`, `B/16`, `ViT-S_16-gap-norep` (gap, no pre-logits),
+           `g/14`, `ViT-G_14`, `e/14`, `So400m/14`, `So400m/14-map`
   hybrid:  `R50+ViT-B_16`, `R50+B/16`, `R26+ViT-S_32`, `R26+S/32`,
            `R50+ViT-L_32`, `R+ViT-Ti_16`, `R_Ti/16` (stage-less root)
   conv-stem ViT (Xiao et al. 2021): `ViTC-B_16`, `C+B/16`
@@ -35,7 +37,7 @@ _HYBRID_STEMS = {
     ('R50', 32): ((3, 4, 6, 3), 1),
 }
 
-_SIZE = r'(mu|Ti|S|B|L|H)'
+_SIZE = r'(mu|Ti|So400m|S|B|L|H|g|G|e)'
 _VIT_RE = re.compile(
     r'^(?:(?P<stem>R\d*|C)[+_])?(?:ViT(?P<c>C)?-)?' + _SIZE +
     r'[_/](?P<patch>\d+)(?P<suffix>-gap-norep|-gap|-map)?$')

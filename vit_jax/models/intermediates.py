@@ -8,6 +8,10 @@
 
 Lists are in block order. The model itself is unchanged: the modules record
 these values with `sow` only when the 'intermediates' collection is mutable.
+A scanned model (`scan_layers=True`) runs its blocks one by one while
+recording (`vit_jax.models.scan.BlockStack`), on views of its stacked
+parameters: the values, shapes and lists are those of the unrolled model;
+the raw paths read `.../encoderblock/encoderblock_{i}/...`.
 """
 
 import re

@@ -5,6 +5,12 @@ LayerNorm_1, channel_mixing}` (each mixing MLP is `Dense_0`, `Dense_1`),
 `pre_head_layer_norm`, `head`. Tokens are [B, N, C].
 
 Intermediates (with `mutable=['intermediates']`): `tokens` per block.
+
+`scan_layers=True`: the blocks are one `vit_jax.models.scan.BlockStack`
+named `MixerBlock`, parameters stacked [L, ...] (`MixerBlock/LayerNorm_0/
+scale` [L, C]; `.npz` files keep `MixerBlock_{i}`), run as one `nn.scan`
+(block by block while intermediates are recorded). `remat_policy`
+(`scan.REMAT_POLICIES`) applies `nn.remat` to every block.
 """
 
 import functools
@@ -16,6 +22,7 @@ import jax.numpy as jnp
 from vit_jax.perf import cpu_gemm
 from vit_jax.models import gelu
 from vit_jax.models import patchify
+from vit_jax.models import scan
 
 Dtype = jnp.dtype
 
@@ -88,6 +95,8 @@ class MlpMixer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   mlp_activation: str = gelu.DEFAULT
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   def total_stride(self) -> tuple[int, int]:
     return tuple(self.patch_size)
@@ -104,10 +113,19 @@ class MlpMixer(nn.Module):
                             name='stem', **kw)(images.astype(self.dtype))
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h * w, c))
-    for i in range(self.num_blocks):
-      x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim,
-                     mlp_activation=self.mlp_activation,
-                     name=f'MixerBlock_{i}', **kw)(x)
+    block_kw = dict(tokens_mlp_dim=self.tokens_mlp_dim,
+                    channels_mlp_dim=self.channels_mlp_dim,
+                    mlp_activation=self.mlp_activation, **kw)
+    policy = scan.remat_policy(self.remat_policy)
+    if self.scan_layers:
+      x = scan.BlockStack(MixerBlock, block_kw, self.num_blocks, 'MixerBlock',
+                          self.remat_policy, name='MixerBlock')(
+                              x, unrolled=self.is_mutable_collection(
+                                  'intermediates'))
+    else:
+      block_cls = scan.rematted(MixerBlock, policy)
+      for i in range(self.num_blocks):
+        x = block_cls(**block_kw, name=f'MixerBlock_{i}')(x)
     x = nn.LayerNorm(name='pre_head_layer_norm', **kw)(x)
     x = jnp.mean(x, axis=1)
     if self.num_classes:

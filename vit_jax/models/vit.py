@@ -29,6 +29,7 @@ from vit_jax.perf import cpu_gemm
 from vit_jax.models import gelu
 from vit_jax.models import patchify
 from vit_jax.models import resnet
+from vit_jax.models import scan
 
 Classifier = Literal['token', 'gap', 'map', 'unpooled', 'token_unpooled']
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
@@ -37,7 +38,11 @@ CLS_INSERT_MODES = ('alone', 'raw')
 Dtype = jnp.dtype
 
 # Hidden size, MLP size, heads, layers of the standard sizes (ViT paper table 1;
-# Ti and S from DeiT / AugReg).
+# Ti and S from DeiT / AugReg; g, G from Zhai et al. 2022 "Scaling Vision
+# Transformers" table 2; e from PaLI (Chen et al. 2022); So400m, the
+# shape-optimized ViT of Alabdulmohsin et al. 2023, as big_vision's
+# `decode_variant`). Parameters at /14, 224 px, with a class token and no
+# head: g 1.01 B, G 1.84 B, e 3.80 B, So400m 0.41 B (0.43 B with the MAP head).
 VARIANTS = {
     'mu': dict(hidden_size=32, mlp_dim=128, num_heads=2, num_layers=2),
     'Ti': dict(hidden_size=192, mlp_dim=768, num_heads=3, num_layers=12),
@@ -45,6 +50,11 @@ VARIANTS = {
     'B': dict(hidden_size=768, mlp_dim=3072, num_heads=12, num_layers=12),
     'L': dict(hidden_size=1024, mlp_dim=4096, num_heads=16, num_layers=24),
     'H': dict(hidden_size=1280, mlp_dim=5120, num_heads=16, num_layers=32),
+    'So400m': dict(hidden_size=1152, mlp_dim=4304, num_heads=16,
+                   num_layers=27),
+    'g': dict(hidden_size=1408, mlp_dim=6144, num_heads=16, num_layers=40),
+    'G': dict(hidden_size=1664, mlp_dim=8192, num_heads=16, num_layers=48),
+    'e': dict(hidden_size=1792, mlp_dim=15360, num_heads=16, num_layers=56),
 }
 
 
@@ -310,6 +320,18 @@ class Encoder(nn.Module):
   [B, heads, N, N], `mlp_hidden`) are those of the patch tokens; the class
   token's one-token pass is recorded after them in the same `sow` tuple,
   which `intermediates.collect` drops.
+
+  `scan_layers=True`: the blocks are one `vit_jax.models.scan.BlockStack`
+  named `encoderblock`, parameters stacked [L, ...] (`Transformer/
+  encoderblock/...`; `.npz` files keep `encoderblock_{i}`, see
+  `vit_jax.models.scan`). The runs above are segments of it: blocks 0..k-1
+  (patch tokens, then the class token alone), blocks k..L-2 as one scan,
+  and the last block on its own when it computes the class token alone
+  (`EncoderBlock.first_token_only`), else k..L-1 as one scan. While
+  intermediates are recorded the segments run block by block (recorded
+  under `encoderblock/encoderblock_{i}`, the unrolled model's values).
+  `remat_policy` (`scan.REMAT_POLICIES`) applies `nn.remat` to every block,
+  scanned or not; `remat=True` is 'nothing_saveable'.
   """
   num_layers: int
   mlp_dim: int
@@ -321,6 +343,8 @@ class Encoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   attention_impl: Optional[str] = None
   mlp_activation: str = gelu.DEFAULT
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x, cls=None, *, cls_insert_layer: int = 0,
@@ -349,27 +373,57 @@ class Encoder(nn.Module):
     if cls is not None:
       cls = jnp.broadcast_to(cls + pe[:, :1], (b, 1, d)).astype(x.dtype)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
-    blocks = [
-        block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
-                  self.attention_dropout_rate, self.dtype, self.param_dtype,
-                  self.attention_impl,
-                  class_token_only and i == n_layers - 1,
-                  self.mlp_activation, name=f'encoderblock_{i}')
-        for i in range(n_layers)]
+    run = self._runner(train, class_token_only)
     # With k = L and only the class token read, the patch tokens are unused.
     patches_read = not (class_token_only and k == n_layers)
-    for i in range(k):  # k > 0 only with a class token
+    if k:  # k > 0 only with a class token
       if patches_read:  # first, so that its intermediates are the ones kept
-        x = blocks[i](x, deterministic=not train)
+        x = run(x, 0, k)
       if cls_insert_mode == 'alone':
-        cls = blocks[i](cls, deterministic=not train)  # [B, 1, D]
+        cls = run(cls, 0, k)  # [B, 1, D]
     if cls is not None:
       x = jnp.concatenate([cls, x], axis=1) if patches_read else cls
-    for i in range(k, n_layers):
-      x = blocks[i](x, deterministic=not train)
+    x = run(x, k, n_layers)
     return nn.LayerNorm(name='encoder_norm', dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
+
+  def _runner(self, train: bool, class_token_only: bool):
+    """run(x, start, stop): blocks start..stop-1 applied to x; the last
+    block (L-1) computes the first token alone with `class_token_only`."""
+    n_layers = self.num_layers
+    policy = scan.remat_policy(self.remat_policy, self.remat)
+    block_kw = dict(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+        param_dtype=self.param_dtype, attention_impl=self.attention_impl,
+        mlp_activation=self.mlp_activation)
+    if not self.scan_layers:
+      block_cls = scan.rematted(EncoderBlock, policy)
+      blocks = [block_cls(**block_kw,
+                          first_token_only=class_token_only and
+                          i == n_layers - 1,
+                          name=f'encoderblock_{i}')
+                for i in range(n_layers)]
+
+      def run(x, start, stop):
+        for i in range(start, stop):
+          x = blocks[i](x, deterministic=not train)
+        return x
+      return run
+
+    stack = scan.BlockStack(EncoderBlock, block_kw, n_layers, 'encoderblock',
+                            policy or 'none', name='encoderblock')
+    kw = dict(unrolled=self.is_mutable_collection('intermediates'),
+              call_kwargs=dict(deterministic=not train))
+
+    def run_scanned(x, start, stop):
+      if class_token_only and stop == n_layers and start < stop:
+        x = stack(x, start, stop - 1, **kw)
+        return stack(x, stop - 1, stop,
+                     block_overrides=dict(first_token_only=True), **kw)
+      return stack(x, start, stop, **kw)
+    return run_scanned
 
 
 class MAPHead(nn.Module):
@@ -435,7 +489,14 @@ class VisionTransformer(nn.Module):
       `patch_size` is the 1x1 projection), or None.
     head_bias_init: initial head bias (the head kernel starts at zero).
     dtype: compute dtype; param_dtype: parameter dtype.
-    remat: rematerialize each block in the backward pass (saves memory).
+    remat: rematerialize each block in the backward pass (saves memory);
+      the same as remat_policy='nothing_saveable'.
+    remat_policy: 'none', 'nothing_saveable', 'dots_saveable' or
+      'dots_with_no_batch_dims_saveable': the `jax.checkpoint_policies`
+      policy of `nn.remat` around every block (`vit_jax.models.scan`).
+    scan_layers: the encoder blocks as an `nn.scan` with parameters stacked
+      [L, ...] (`Transformer/encoderblock/...`): one block compiled instead
+      of L; see `Encoder`.
     attention_impl: attention kernel: None or 'xla' (head-major XLA
       attention), or 'cudnn' (GPU flash attention, bf16/fp16).
     mlp_activation: the MLP blocks' (and MAP head's) GELU: 'gelu_tanh', the
@@ -461,6 +522,8 @@ class VisionTransformer(nn.Module):
   remat: bool = False
   attention_impl: Optional[str] = None
   mlp_activation: str = gelu.DEFAULT
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   def total_stride(self) -> tuple[int, int]:
     """Pixels per patch token along (height, width)."""
@@ -513,7 +576,9 @@ class VisionTransformer(nn.Module):
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
                 self.dropout_rate, self.attention_dropout_rate, self.remat,
                 attention_impl=self.attention_impl,
-                mlp_activation=self.mlp_activation, name='Transformer', **kw)(
+                mlp_activation=self.mlp_activation,
+                scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                name='Transformer', **kw)(
                     x, cls, cls_insert_layer=cls_insert_layer,
                     cls_insert_mode=cls_insert_mode, train=train,
                     class_token_only=class_token_only)
