@@ -1,10 +1,13 @@
-"""Decisions taken by process 0 and shared with every process of a run.
+"""Decisions shared by every process of a run.
 
 `from_process_0(fn)` runs `fn()` on process 0 only (a lock, a file check)
 and returns its text on every process; a `ValueError` raised by `fn` is
 raised on every process with the same one-line message. It is a collective
 (`multihost_utils.broadcast_one_to_all`), so every process must call it,
 and it doubles as a barrier. With one process it is just `fn()`.
+
+`any_process(flag)` is true on every process when `flag` is true on at least
+one (a stop asked of one process); also a collective.
 """
 
 from typing import Callable
@@ -36,3 +39,13 @@ def from_process_0(fn: Callable[[], str]) -> str:
   if text.startswith(_ERROR):
     raise ValueError(text[len(_ERROR):])
   return text
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process iff `flag` is true on some process (collective:
+  every process must call it; one int32 per process is gathered)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))],
+                                                       np.int32))
+  return bool(np.asarray(flags).max())

@@ -311,19 +311,49 @@ def make_train_step(s: Setup) -> Callable:
 
 
 class _StopFlag:
-  """Set by SIGTERM (preemption): the loop saves and returns."""
+  """Preemption (SIGTERM to any process): every process saves the same step
+  and returns.
 
-  def __init__(self):
-    self.stop = False
+  `should_stop(step)` is called after every step, by every process.
+    With `jax.distributed` initialized (any number of processes) and JAX's
+      preemption service on (`jax_enable_preemption_service`, the default):
+      `jax.distributed.initialize` installed the service's SIGTERM notifier
+      on every process; a notice on any process reaches all of them through
+      the coordination service, and
+      `multihost_utils.reached_preemption_sync_point(step)` turns true on
+      every process at the same step (the largest step any process had
+      reached when it heard, plus one). Until a notice arrives the call is
+      a local check, no communication.
+    One process without `jax.distributed`: a Python SIGTERM handler sets a
+      flag, seen after the current step.
+    Several processes without the service: the Python handler sets a local
+      flag and the processes agree every `every` steps
+      (`process_agree.any_process`, one small collective).
+  """
+
+  def __init__(self, every: int):
+    self._every = max(int(every), 1)
+    self._local = False
     self._previous = None
-    if jax.process_count() == 1:
+    self._service = (jax.distributed.is_initialized()
+                     and jax.config.jax_enable_preemption_service)
+    if not self._service:
       try:
         self._previous = signal.signal(signal.SIGTERM, self._handler)
       except ValueError:  # not the main thread
         pass
 
   def _handler(self, *_):
-    self.stop = True
+    self._local = True
+
+  def should_stop(self, step: int) -> bool:
+    """Whether the run stops (and saves) after `step`: the same answer on
+    every process. Must be called at every step, by every process."""
+    if self._service:
+      return multihost_utils.reached_preemption_sync_point(step)
+    if jax.process_count() == 1:
+      return self._local
+    return step % self._every == 0 and process_agree.any_process(self._local)
 
   def restore(self):
     if self._previous is not None:
@@ -479,7 +509,7 @@ def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
   step_fn = make_train_step(s)
   writer = metrics.MetricWriter(workdir)
   progress = metrics.Progress(config.total_steps, config.batch_size, start)
-  stop = _StopFlag()
+  stop = _StopFlag(config.log_every)
   watch = _FiniteWatch(s)
   local_batch = config.batch_size // jax.process_count()
 
@@ -531,8 +561,13 @@ def _run(s: Setup, stop_after: Optional[int]) -> dict[str, Any]:
       if (config.checkpoint_every and step % config.checkpoint_every == 0
           or step == config.total_steps):
         save(step, state)
-      if stop.stop or (stop_after is not None and step - start >= stop_after):
-        metrics.log(f'stopping at step {step}: saving a checkpoint')
+      if (stop.should_stop(step)
+          or stop_after is not None and step - start >= stop_after):
+        if jax.process_count() > 1:  # every process says it (its own log)
+          print(f'process {jax.process_index()}/{jax.process_count()}: '
+                f'stopping at step {step}: saving a checkpoint', flush=True)
+        else:
+          metrics.log(f'stopping at step {step}: saving a checkpoint')
         if s.checkpointer.latest_step() != step:
           save(step, state)
         break
