@@ -27,6 +27,15 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
 
+try:
+  # Once tensorflow is loaded, a later `import triton` (torch._dynamo, which
+  # timm reaches through torchvision) dies with a segmentation fault (triton
+  # 3.8, tensorflow-cpu, Linux); loaded first, the two coexist. Collection
+  # imports tensorflow (tests/data) before timm (tests/models).
+  import triton  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
