@@ -1,34 +1,100 @@
-"""Test setup: CPU only, 8 forced host devices, real data located by path.
+"""Test setup: CPU only, 8 forced host devices, one compilation cache for
+the session, real data located by path.
 
-XLA_FLAGS must be set before jax is imported anywhere, hence at module level.
+XLA_FLAGS and the cache settings must be set before jax is imported anywhere,
+hence at module level. The cache is a fresh directory per pytest session
+(removed at exit): an identical computation (the same tiny model's train
+step in many runs, the same checkpoint's init in many predict calls) is
+compiled once per session, here and in the subprocesses the tests start,
+which inherit the environment. Nothing is kept between sessions.
 """
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # keep torch/tf off GPUs
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='vit_jax_tests_xla_cache_')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+  # Cache every executable, however small or quick to compile.
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
+
+try:
+  # Once tensorflow is loaded, a later `import triton` (torch._dynamo, which
+  # timm reaches through torchvision) dies with a segmentation fault (triton
+  # 3.8, tensorflow-cpu, Linux); loaded first, the two coexist. Collection
+  # imports tensorflow (tests/data) before timm (tests/models).
+  import triton  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
 
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+SHARED_DATA_VAR = 'VIT_JAX_SHARED_DATA'
+# What a complete real-data folder holds (../shared/data/README.md).
+SHARED_DATA_FILES = ('checkpoints/ViT-Ti_16-augreg-i21k-ft-i1k-224.npz',
+                     'imagenet_samples', 'imagenet_labels/imagenet_synsets.txt',
+                     'cifar10/train', 'cifar10/test')
+_REAL_DATA_SKIPS = []  # (test id, reason), for the terminal summary
+if os.environ.get(SHARED_DATA_VAR):  # absolute: subprocesses run in REPO
+  os.environ[SHARED_DATA_VAR] = os.path.abspath(os.environ[SHARED_DATA_VAR])
+
 
 def shared_data_dir() -> pathlib.Path:
-  """Real data: $VIT_JAX_SHARED_DATA, default ../shared/data next to the repo."""
-  return pathlib.Path(os.environ.get('VIT_JAX_SHARED_DATA',
-                                     REPO.parent / 'shared' / 'data'))
+  """Real data: $VIT_JAX_SHARED_DATA, default ../shared/data next to the
+  repository (as configs/common.py and vit_jax.analysis.data read it)."""
+  value = os.environ.get(SHARED_DATA_VAR)
+  return pathlib.Path(value) if value else REPO.parent / 'shared' / 'data'
+
+
+def _where_it_came_from() -> str:
+  value = os.environ.get(SHARED_DATA_VAR)
+  if value:
+    return f'${SHARED_DATA_VAR}={value}'
+  return f'${SHARED_DATA_VAR} is not set, default ../shared/data of {REPO}'
 
 
 @pytest.fixture(scope='session')
 def shared_data() -> pathlib.Path:
+  """The real data folder; skips (loudly: see the terminal summary) when it
+  or one of SHARED_DATA_FILES is missing."""
   d = shared_data_dir()
-  if not d.is_dir():
-    pytest.skip(f'REAL DATA MISSING: {d} does not exist (set '
-                'VIT_JAX_SHARED_DATA); tests on real data were NOT run')
+  missing = [f for f in SHARED_DATA_FILES if not (d / f).exists()]
+  if missing:
+    what = (f'{d} does not exist' if not d.is_dir() else
+            f'{d} lacks {", ".join(missing)}')
+    pytest.skip(f'REAL DATA MISSING: {what} ({_where_it_came_from()}); '
+                f'set {SHARED_DATA_VAR} to the real-data folder (its '
+                'README.md lists what it holds)')
   return d
+
+
+def pytest_runtest_logreport(report):
+  if report.skipped and 'REAL DATA MISSING' in str(report.longrepr):
+    _REAL_DATA_SKIPS.append((report.nodeid, report.longrepr[-1]))
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Real-data skips are listed even without -rs: a run that skipped them
+  did not test what they test."""
+  if not _REAL_DATA_SKIPS:
+    return
+  tr = terminalreporter
+  tr.section(f'{len(_REAL_DATA_SKIPS)} REAL-DATA TESTS WERE NOT RUN',
+             sep='!', red=True, bold=True)
+  tr.line(_REAL_DATA_SKIPS[0][1].removeprefix('Skipped: '), red=True)
+  for nodeid, _ in _REAL_DATA_SKIPS:
+    tr.line(f'  {nodeid}')
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ def test_notebook_runs_headless(shared_data, tmp_path):
   _jpeg_folder(shared_data, tmp_path / 'images')
   workdir = tmp_path / 'workdir'
   env = {k: v for k, v in os.environ.items() if not k.startswith('XLA_')}
-  env.update(JAX_PLATFORMS='cpu', VIT_JAX_NB_CHECKPOINT=str(ckpt),
+  env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             VIT_JAX_NB_CHECKPOINT=str(ckpt),
              VIT_JAX_NB_MODEL='Ti/16',
              VIT_JAX_NB_DATASET=f'folder:{tmp_path / "images"}',
              VIT_JAX_NB_TRAIN_SPLIT='train', VIT_JAX_NB_EVAL_SPLIT='test',

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import random_image_folder
+from tests.tiny_configs import ANALYSIS_MODEL as MU
 from vit_jax.analysis import cli
 
-MU = ['--model', 'mu/16', '--resolution', '32']
+# Compiles of the tiny model dominate (conftest fixture).
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 @pytest.fixture(scope='module')
@@ -166,7 +168,7 @@ def boxed(tmp_path_factory):
   return root
 
 
-def test_masking_with_boxes_end_to_end(boxed, tmp_path, capsys, fast_compile):
+def test_masking_with_boxes_end_to_end(boxed, tmp_path, capsys):
   rc, _ = _run(['masking', '--out', str(tmp_path), *MU, '--num_classes', '2',
                 '--boxes', str(boxed / 'boxes'), '--images',
                 str(boxed / 'img'), '--synsets', str(boxed / 'synsets.txt'),
@@ -190,8 +192,7 @@ def test_masking_with_boxes_end_to_end(boxed, tmp_path, capsys, fast_compile):
     assert (tmp_path / f).stat().st_size > 1000
 
 
-def test_masking_box_outside_the_image_is_one_line(boxed, tmp_path, capsys,
-                                                   fast_compile):
+def test_masking_box_outside_the_image_is_one_line(boxed, tmp_path, capsys):
   (tmp_path / 'n01440764_a.xml').write_text(
       '<annotation><object><name>n01440764</name><bndbox><xmin>1</xmin>'
       '<ymin>1</ymin><xmax>49</xmax><ymax>40</ymax></bndbox></object>'

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
+from tests import tiny_configs
 from vit_jax.checkpoints import npz
 from vit_jax import models
 from vit_jax.checkpoints import pretrained
@@ -36,7 +37,7 @@ def randomize(params, seed=1):
 
 
 # Small transformer for the hybrid: the stem is what matters here.
-TINY = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1)
+TINY = tiny_configs.TRANSFORMER
 
 
 @pytest.mark.parametrize('name,kw', [('mu/16', {}), ('R_Ti/16', TINY),

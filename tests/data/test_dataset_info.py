@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import vit as vit_config
+from tests.tiny_configs import train_config
 from vit_jax.data import dataset_info
 from vit_jax.training import train
 
@@ -35,7 +35,7 @@ def test_training_setup_writes_it_and_refuses_another_class_map(tmp_path):
   """Resuming a workdir after a class folder was added to the training
   split would shift the labels of every later class: an error instead."""
   write_folder(tmp_path / 'data', ('cat', 'dog'))
-  config = vit_config.get_config('mu16,synthetic,res=32')
+  config = train_config()
   config.unlock()
   config.data.dataset = f'inmemory:{tmp_path / "data"}'
   config.data.pp_train = config.data.pp_eval = 'decode|value_range(-1,1)'

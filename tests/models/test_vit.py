@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import tiny_configs
 from vit_jax import models
 from vit_jax.models import intermediates
 
@@ -143,8 +144,7 @@ def test_bfloat16_compute_with_float32_params(name):
     ('mu/16', 64, (4, 4)), ('R_Ti/16', 64, (2, 2)), ('R26+S/32', 64, (2, 2)),
     ('ViTC-mu_16', 64, (4, 4)), ('Mixer-mu_16', 64, (4, 4))])
 def test_token_grid(name, size, grid):
-  small = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1)
-  kw = small if name.startswith(('R', 'ViTC')) else {}
+  kw = tiny_configs.TRANSFORMER if name.startswith(('R', 'ViTC')) else {}
   model = models.get_model(name, num_classes=0, **kw)
   assert tuple(model.patch_grid((size, size))) == grid
   x = jnp.zeros((1, size, size, 3))

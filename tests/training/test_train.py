@@ -9,12 +9,13 @@ import subprocess
 import jax
 import numpy as np
 import pytest
+import scipy.ndimage
 
-from configs import vit as vit_config
+from tests.conftest import REPO
+from tests.tiny_configs import train_config
 from vit_jax.data import device_data
 from vit_jax.training import train
 
-from tests.conftest import REPO
 # Compile time dominates these tiny models on CPU (conftest fixture).
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -25,26 +26,6 @@ LAYOUTS = {
     'dp4_tp2': dict(data=4, fsdp=1, tensor=2),
     'dp2_fsdp2_tp2': dict(data=2, fsdp=2, tensor=2),
 }
-
-
-def small_config(**overrides):
-  """mu/16 on 32 px synthetic data, float32 momentum, no periodic output."""
-  config = vit_config.get_config('mu16,synthetic,res=32')
-  config.batch_size = 16
-  config.eval_batch_size = 40
-  config.total_steps = 6
-  config.warmup_steps = 2
-  config.log_every = 1
-  config.eval_every = 0
-  config.checkpoint_every = 0
-  config.optim.momentum_dtype = 'float32'
-  for k, v in overrides.items():
-    node = config
-    *parents, last = k.split('.')
-    for p in parents:
-      node = node[p]
-    node[last] = v
-  return config
 
 
 def one_step(config, devices, workdir):
@@ -58,7 +39,7 @@ def one_step(config, devices, workdir):
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   """One step on a single device."""
-  config = small_config()
+  config = train_config()
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     _, state, m = one_step(config, jax.devices()[:1],
@@ -80,7 +61,7 @@ def assert_trees_close(a, b, atol=1e-5):
 def test_one_step_same_on_8_devices(layout, reference, tmp_path):
   assert jax.device_count() == 8
   params_1, loss_1 = reference
-  config = small_config(mesh=LAYOUTS[layout])
+  config = train_config(mesh=LAYOUTS[layout])
   s, state, m = one_step(config, jax.devices(), tmp_path)
   assert dict(s.mesh.shape) == LAYOUTS[layout]
   # The layout is really used: parameters are split as the rules say.
@@ -107,7 +88,7 @@ def test_one_step_same_on_8_devices(layout, reference, tmp_path):
 
 def test_gradient_accumulation_equals_big_batch(reference, tmp_path):
   params_1, loss_1 = reference
-  config = small_config(accum_steps=4, mesh=LAYOUTS['dp2_fsdp2_tp2'])
+  config = train_config(accum_steps=4, mesh=LAYOUTS['dp2_fsdp2_tp2'])
   _, state, m = one_step(config, jax.devices(), tmp_path)
   assert abs(float(m['loss']) - loss_1) < 1e-5
   assert_trees_close(jax.device_get(state.params), params_1)
@@ -119,7 +100,7 @@ def test_parallel_microbatches_equal_one_batch(tmp_path):
   one = jax.devices()[:1]
 
   def config(k, dropout):
-    c = small_config(parallel_microbatches=k)
+    c = train_config(parallel_microbatches=k)
     if dropout:
       with c.unlocked():
         c.model.dropout_rate = dropout
@@ -140,8 +121,8 @@ def test_parallel_microbatches_equal_one_batch(tmp_path):
 def test_adamw_step_same_on_8_devices(tmp_path):
   kw = {'optim.name': 'adamw', 'optim.base_lr': 1e-3,
         'optim.weight_decay': 0.1}
-  _, s1, m1 = one_step(small_config(**kw), jax.devices()[:1], tmp_path / 'a')
-  _, s8, m8 = one_step(small_config(mesh=LAYOUTS['dp2_fsdp2_tp2'], **kw),
+  _, s1, m1 = one_step(train_config(**kw), jax.devices()[:1], tmp_path / 'a')
+  _, s8, m8 = one_step(train_config(mesh=LAYOUTS['dp2_fsdp2_tp2'], **kw),
                        jax.devices(), tmp_path / 'b')
   assert abs(float(m1['loss']) - float(m8['loss'])) < 1e-5
   assert_trees_close(jax.device_get(s1.params), jax.device_get(s8.params))
@@ -150,7 +131,7 @@ def test_adamw_step_same_on_8_devices(tmp_path):
 def test_interrupt_and_resume_equals_straight_run(tmp_path):
   """N steps, stop, restart with the same workdir, N more == 2N straight."""
   n = 3
-  config = small_config(total_steps=2 * n, checkpoint_every=100)
+  config = train_config(total_steps=2 * n, checkpoint_every=100)
   config.async_checkpoints = True
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'),
                                       devices=jax.devices()[:1])
@@ -180,7 +161,7 @@ def test_interrupt_and_resume_equals_straight_run(tmp_path):
 
 
 def test_training_learns_and_writes_outputs(tmp_path):
-  config = small_config(total_steps=30, eval_every=15, checkpoint_every=10,
+  config = train_config(total_steps=30, eval_every=15, checkpoint_every=10,
                         keep_checkpoints=2)
   config.optim.base_lr = 0.1
   out = train.train_and_evaluate(config, str(tmp_path),
@@ -221,7 +202,7 @@ def test_pretrained_npz_init_resamples_and_zeroes_head(tmp_path):
                                  np.zeros((1, 64, 64, 3)))['params'])
   path = str(tmp_path / 'src.npz')
   npz.save_npz(path, params)
-  config = small_config(pretrained_path=path, image_size=32)
+  config = train_config(pretrained_path=path, image_size=32)
   s = train.setup(config, str(tmp_path / 'wd'), jax.devices()[:1])
   state = s.restore_or_init()
   got = jax.device_get(state.params)
@@ -230,9 +211,13 @@ def test_pretrained_npz_init_resamples_and_zeroes_head(tmp_path):
           'encoderblock_1']['MlpBlock_3']['Dense_0']['kernel'])
   pe = got['Transformer']['posembed_input']['pos_embedding']
   assert pe.shape == (1, 1 + 4, 32)
-  want = npz.resample_posemb(
-      params['Transformer']['posembed_input']['pos_embedding'], (2, 2), 1)
-  np.testing.assert_allclose(pe, want, atol=1e-6)
+  # The official resampling (linear, corner-aligned) of a 4x4 grid to 2x2
+  # samples input rows/columns 0 and 3 exactly: the four corners. The class
+  # token's row is kept.
+  src = params['Transformer']['posembed_input']['pos_embedding']
+  corners = src[0, 1:].reshape(4, 4, 32)[[0, 3]][:, [0, 3]]
+  np.testing.assert_array_equal(pe[0, 0], src[0, 0])
+  np.testing.assert_allclose(pe[0, 1:], corners.reshape(4, 32), atol=1e-6)
   assert got['head']['kernel'].shape == (32, 10)
   assert not np.any(got['head']['kernel'])
 
@@ -261,7 +246,7 @@ def test_two_processes_equal_one_process(tmp_path):
            '--config.mesh.fsdp=2', '--config.optim.momentum_dtype=float32']
   two, stdout = _losses_2_process(tmp_path, extra)
   assert '[1]' in stdout  # the second process ran
-  config = small_config(total_steps=steps)
+  config = train_config(total_steps=steps)
   one = train.train_and_evaluate(config, str(tmp_path / 'one'),
                                  devices=jax.devices()[:1])['train_losses']
   assert sorted(two) == list(range(1, steps + 1))
@@ -272,10 +257,10 @@ def test_two_processes_equal_one_process(tmp_path):
 
 def test_pretrained_from_our_checkpoint_at_higher_resolution(tmp_path):
   """Orbax checkpoint saved FSDP-sharded on 8 devices -> init at 64 px on 1."""
-  config = small_config(total_steps=2, mesh=LAYOUTS['fsdp8'])
+  config = train_config(total_steps=2, mesh=LAYOUTS['fsdp8'])
   src = train.train_and_evaluate(config, str(tmp_path / 'src'))
   src_params = jax.device_get(src['state'].params)
-  config = small_config(pretrained_path=str(tmp_path / 'src'), image_size=64)
+  config = train_config(pretrained_path=str(tmp_path / 'src'), image_size=64)
   s = train.setup(config, str(tmp_path / 'dst'), jax.devices()[:1])
   got = jax.device_get(s.restore_or_init().params)
   assert int(s.restore_or_init().step) == 0  # a new run, not a resume
@@ -288,6 +273,14 @@ def test_pretrained_from_our_checkpoint_at_higher_resolution(tmp_path):
                                 src_params['head']['kernel'])  # same classes
   pe = got['Transformer']['posembed_input']['pos_embedding']
   assert pe.shape == (1, 1 + 16, 32)  # 2x2 -> 4x4 grid, class token kept
-  np.testing.assert_array_equal(
-      pe[:, :1], src_params['Transformer']['posembed_input'][
-          'pos_embedding'][:, :1])
+  src = src_params['Transformer']['posembed_input']['pos_embedding']
+  np.testing.assert_array_equal(pe[:, :1], src[:, :1])
+  # Linear, corner-aligned: the 4x4 grid's corners are the 2x2 grid, and
+  # its row 1 is 2/3 of row 0 plus 1/3 of row 1 of the 2x2 (scipy's zoom,
+  # the official resampling, computed independently).
+  big, small = pe[0, 1:].reshape(4, 4, 32), src[0, 1:].reshape(2, 2, 32)
+  np.testing.assert_allclose(big[[0, 3]][:, [0, 3]], small, atol=1e-6)
+  np.testing.assert_allclose(big, scipy.ndimage.zoom(small, (2, 2, 1),
+                                                     order=1), atol=1e-6)
+  np.testing.assert_allclose(big[1, 0], (2 * small[0, 0] + small[1, 0]) / 3,
+                             atol=1e-6)

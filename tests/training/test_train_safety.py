@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.training.test_train import small_config
+from tests.tiny_configs import train_config
 from vit_jax.training import train
 from vit_jax.checkpoints import train_state
 
@@ -36,7 +36,7 @@ def run(config, workdir, **kw):
 
 def four_steps(**overrides):
   """4 steps, checkpoints at 2 and 4."""
-  return small_config(**{'total_steps': 4, 'checkpoint_every': 2,
+  return train_config(**{'total_steps': 4, 'checkpoint_every': 2,
                          'log_every': 1, **overrides})
 
 
@@ -235,7 +235,7 @@ def test_no_restorable_checkpoint_is_one_error_naming_each_step(
 
 
 def test_nan_loss_stops_before_it_is_checkpointed(tmp_path):
-  config = small_config(total_steps=6, checkpoint_every=1, log_every=3)
+  config = train_config(total_steps=6, checkpoint_every=1, log_every=3)
   config.optim.base_lr = 1e6
   config.optim.grad_clip_norm = 0.0
   with pytest.raises(ValueError) as e:
@@ -309,7 +309,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
   dead = {'host': socket.gethostname(), 'pid': pid_max + 1,  # cannot exist
           'started': '2026-01-01 00:00:00 UTC'}
   (tmp_path / 'lock').write_text(json.dumps(dead))
-  out = run(small_config(total_steps=1, warmup_steps=1), tmp_path)
+  out = run(train_config(total_steps=1, warmup_steps=1), tmp_path)
   assert out['step'] == 1
   lines = [l for l in capsys.readouterr().out.splitlines()
            if 'stale lock' in l]
@@ -325,7 +325,7 @@ def test_lock_of_another_host_is_refused(tmp_path):
            'started': '2026-01-01 00:00:00 UTC'}
   (tmp_path / 'lock').write_text(json.dumps(other))
   with pytest.raises(ValueError) as e:
-    run(small_config(total_steps=1, warmup_steps=1), tmp_path)
+    run(train_config(total_steps=1, warmup_steps=1), tmp_path)
   assert str(e.value).startswith(
       f'workdir {tmp_path} is in use by another run (host {other["host"]} '
       'pid 1 started 2026-01-01 00:00:00 UTC')
