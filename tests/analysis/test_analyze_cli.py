@@ -235,3 +235,13 @@ def test_imagenet_class_names_match_timm(shared_data):
   assert names == [info.index_to_description(i).split(',')[0]
                    for i in range(1000)]
   assert names[207] == 'golden retriever'
+
+
+def test_compare_x_label_names_each_window():
+  circle = {'window': 'circle', 'xlabel': 'cut-off (fraction of the radius)'}
+  rect = {'window': 'rectangle', 'xlabel': 'cut-off (fraction of Nyquist)'}
+  assert cli._compare_xlabel([circle, rect]) == (
+      'cut-off (circle: fraction of the radius; rectangle: fraction of '
+      'Nyquist)')
+  assert cli._compare_xlabel([circle, dict(circle)]) == circle['xlabel']
+  assert cli._compare_xlabel([{'xlabel': 'a'}, {'xlabel': 'b'}]) == 'a / b'

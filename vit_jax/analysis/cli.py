@@ -432,7 +432,7 @@ def _locality(args, model, params, names, imgs, layers, out) -> None:
         f'{who}, {args.kind} feature {args.index} on {shown}: its {what} at '
         'each patch after each block (own colour scale per block); loc: '
         "the share of the patch token's input gradient on its own patch",
-        f'colour: {args.kind} feature {args.index} ({what})', layers),
+        f"colour: the feature's {what} at each patch", layers),
         os.path.join(args.out, f'spatial_{name}.png')))
   out['figures'].append(figures.save(figures.curves(
       layers, {'own patch': loc['own'] * 100,
@@ -476,9 +476,8 @@ def cmd_cls(args) -> dict:
   top1 = out['top1_by_insert_layer']
   out['figures'] = [figures.save(figures.cls_insertion(
       layers, [top1[str(k)] for k in layers],
-      f'CLS late insertion: {_title_name(args, model)} on {desc}, top-1 vs '
-      f'the block k where the class token joins the patch tokens\n'
-      f'{cls_insertion.PROTOCOLS[args.mode]}', n),
+      f'CLS late insertion: {_title_name(args, model)} on {desc}\n'
+      f'({args.mode}: {cls_insertion.PROTOCOLS[args.mode]})', n),
       os.path.join(args.out, f'cls_{args.mode}.png'))]
   return out
 
@@ -662,8 +661,31 @@ def _json_name(args) -> str:
   return args.cmd
 
 
+COMPARE_WHAT = {'window': 'after an ideal Fourier low-pass filter',
+                'removed': 'with centre-box patches set to mid-grey'}
+
+
+def _compare_xlabel(results: Sequence[dict]) -> str:
+  """One x label for several results: 'cut-off (circle: fraction of the
+  corner radius; rectangle: ...)' when they differ only in the brackets."""
+  tagged = []
+  for r in results:
+    tag = r.get('window') or r.get('removed') or ''
+    if r.get('xlabel') and (tag, r['xlabel']) not in tagged:
+      tagged.append((tag, r['xlabel']))
+  labels = [x for _, x in tagged]
+  if len(set(labels)) <= 1:
+    return labels[0] if labels else ''
+  head = labels[0].split(' (')[0]
+  if all(x.startswith(head + ' (') and x.endswith(')') for x in labels):
+    return head + ' (' + '; '.join(
+        f'{t}: {x[len(head) + 2:-1]}' if t else x[len(head) + 2:-1]
+        for t, x in tagged) + ')'
+  return ' / '.join(labels)
+
+
 def cmd_compare(args) -> dict:
-  ys, xs, datasets, xlabels = {}, None, [], []
+  ys, xs, datasets, results = {}, None, [], []
   for p in args.results:
     if not os.path.isfile(p):
       raise _error(f'no such result file: {p}')
@@ -680,9 +702,9 @@ def cmd_compare(args) -> dict:
     if 'window' in r:
       label += f', {r["window"]} window'
     ys[label] = r['top1']
-    for seen, v in ((datasets, r.get('data')), (xlabels, r.get('xlabel'))):
-      if v and v not in seen:
-        seen.append(v)
+    results.append(r)
+    if r.get('data') and r['data'] not in datasets:
+      datasets.append(r['data'])
   out = {'x': xs, 'top1': ys}
   ylabel = 'top-1 (%)'
   if args.relative:  # share of each model's accuracy at the first x
@@ -692,11 +714,15 @@ def cmd_compare(args) -> dict:
     out['relative_top1'] = {k: [round(v, 1) for v in y]
                             for k, y in ys.items()}
     ylabel = f'top-1 relative to x = {xs[0]} (%)'
-  # Default title and x label: the results' data sets and x labels.
-  title = args.title or (f'{ylabel[:-4]} on {" / ".join(datasets)}'
-                         if datasets else '')
+  # Default title and x label from the results: data, transform, x labels.
+  title = args.title
+  if not title and datasets:
+    title = f'{ylabel[:-4]} on {" / ".join(datasets)}'
+    for key, what in COMPARE_WHAT.items():
+      if all(key in r for r in results):
+        title += f', {what}'
   path = figures.save(figures.curves(
-      xs, ys, args.xlabel or ' / '.join(xlabels), ylabel=ylabel,
+      xs, ys, args.xlabel or _compare_xlabel(results), ylabel=ylabel,
       title=title), os.path.join(args.out, args.name + '.png'))
   out['figures'] = [path]
   return out

@@ -137,7 +137,8 @@ def _wrap(text: str, width_in: float, fontsize: float) -> str:
   (an average glyph of DejaVu Sans is about 0.6 em wide); existing line
   breaks are kept."""
   chars = max(16, int(width_in * 72 / (0.6 * fontsize)))
-  return '\n'.join(textwrap.fill(line, chars) if line else ''
+  return '\n'.join(textwrap.fill(line, chars, break_on_hyphens=False)
+                   if line else ''
                    for line in text.split('\n'))
 
 
@@ -353,6 +354,8 @@ def curves(x, ys: dict, xlabel: str, ylabel: str = 'top-1 (%)',
     ax.set_xscale('log')
     ax.set_xticks(x, [f'{v:g}' for v in x])
     ax.minorticks_off()
+  elif len(x) <= 16 and np.all(x == np.round(x)):  # e.g. blocks
+    ax.set_xticks(x, [f'{v:g}' for v in x])
   ax.set_xlabel(_wrap(xlabel, 5.5, 10))
   ax.set_ylabel(_wrap(ylabel, 3.5, 10))
   ax.grid(alpha=0.3)
@@ -445,7 +448,7 @@ def spatial(image, maps, locality, title: str,
   layers = list(range(n)) if layers is None else list(layers)
   ncols = min(n + 1, 7)
   nrows = -(-(n + 1) // ncols)
-  fig = _figure(1.95 * ncols + 0.3, 2.15 * nrows + 1.0, images=True)
+  fig = _figure(1.95 * ncols + 0.3, 1.85 * nrows + 1.0, images=True)
   axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
   for ax in axes[n + 1:]:
     ax.axis('off')
