@@ -1,6 +1,7 @@
 """The `python -m vit_jax.analysis` CLI on a tiny model and tiny image folder:
 files written, numbers in the JSON, one-line errors naming allowed ranges."""
 
+import argparse
 import json
 
 import numpy as np
@@ -34,6 +35,9 @@ def test_attention_writes_figures_and_numbers(folder, tmp_path, capsys):
   assert rc == 0
   res = json.loads((tmp_path / 'attention.json').read_text())
   assert np.asarray(res['mean_distance_px']).shape == (2, 2)
+  # the prediction the figure titles show: mu/16 has 1,000 classes
+  assert len(res['predicted_name']) == 3
+  assert all(0 < p <= 1 for p in res['predicted_probability'])
   assert (tmp_path / 'rollout.png').stat().st_size > 1000
   assert (tmp_path / 'attention_0.png').exists()
 
@@ -209,3 +213,36 @@ def test_masking_box_outside_the_image_is_one_line(boxed, tmp_path, capsys):
   res = json.loads((tmp_path / 'masking.json').read_text())
   assert res['boxes_clipped'] == 1 and res['images'] == 1
   assert res['per_image'][0]['foreground_share'] == 1.0  # clipped to 48x40
+
+
+def test_prediction_words_for_figure_titles(tmp_path):
+  assert cli._percent(0.934) == '93\u00a0%'
+  assert cli._percent(0.9983) == '99.8\u00a0%'  # never a rounded 100 %
+  assert cli._percent(0.004) == '0.4\u00a0%'
+  top, prob = cli._predictions(np.array([[0.0, np.log(3.0)], [5.0, 5.0]]))
+  assert top.tolist() == [1, 0]
+  np.testing.assert_allclose(prob, [0.75, 0.5])
+  (tmp_path / 'classes.json').write_text(json.dumps(['cat', 'dog']))
+  workdir = argparse.Namespace(checkpoint=str(tmp_path))
+  assert cli._class_names(workdir, 2) == ['cat', 'dog']
+  # a head of another size than classes.json: numbered classes
+  assert cli._class_names(workdir, 3) == ['class 0', 'class 1', 'class 2']
+
+
+def test_imagenet_class_names_match_timm(shared_data):
+  from timm.data import ImageNetInfo  # pylint: disable=g-import-not-at-top
+  names = cli._class_names(argparse.Namespace(checkpoint=None), 1000)
+  info = ImageNetInfo()
+  assert names == [info.index_to_description(i).split(',')[0]
+                   for i in range(1000)]
+  assert names[207] == 'golden retriever'
+
+
+def test_compare_x_label_names_each_window():
+  circle = {'window': 'circle', 'xlabel': 'cut-off (fraction of the radius)'}
+  rect = {'window': 'rectangle', 'xlabel': 'cut-off (fraction of Nyquist)'}
+  assert cli._compare_xlabel([circle, rect]) == (
+      'cut-off (circle: fraction of the radius; rectangle: fraction of '
+      'Nyquist)')
+  assert cli._compare_xlabel([circle, dict(circle)]) == circle['xlabel']
+  assert cli._compare_xlabel([{'xlabel': 'a'}, {'xlabel': 'b'}]) == 'a / b'

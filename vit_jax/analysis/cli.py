@@ -52,6 +52,7 @@ from vit_jax.analysis import masking
 from vit_jax.analysis import modelinfo
 from vit_jax.analysis import spatial
 from vit_jax.analysis import validate
+from vit_jax.data import dataset_info
 from vit_jax.models import intermediates
 
 
@@ -136,6 +137,57 @@ def _meta(args) -> dict:
           'resolution': args.resolution, 'command': ' '.join(sys.argv)}
 
 
+def _title_name(args, model) -> str:
+  """The model as figure titles name it: 'ViT-Ti/16' for the registry's
+  'Ti/16' (ViTs whose name does not say so), else the name as given."""
+  name = str(args.model)
+  if modelinfo.kind(model) == 'vit' and 'vit' not in name.lower():
+    return f'ViT-{name}'
+  return name
+
+
+IMAGENET_NAMES = 'imagenet_labels/imagenet1k_index_wnid_lemma.tsv'
+
+
+def _class_names(args, num_classes: int) -> list[str]:
+  """Class names for figure titles: a workdir's classes.json, else for a
+  1,000-class head the first ImageNet-1k name of each line of the shared
+  `IMAGENET_NAMES` (index, wnid, names), else 'class <i>'."""
+  path = os.path.join(args.checkpoint or '', dataset_info.CLASSES_FILE)
+  if args.checkpoint and os.path.isfile(path):
+    names = json.load(open(path))
+    if len(names) == num_classes:
+      return [str(n) for n in names]
+  tsv = data.shared_data_dir() / IMAGENET_NAMES
+  if num_classes == 1000 and tsv.is_file():
+    names = [line.rstrip('\n').split('\t')[-1].split(',')[0]
+             for line in open(tsv) if line.strip()]
+    if len(names) == num_classes:
+      return names
+  return [f'class {i}' for i in range(num_classes)]
+
+
+def _shown_name(name: str) -> str:
+  """An image name as figures show it: ImageNet's '<wnid>_<name>' -> name."""
+  return re.sub(r'^n\d{8}_', '', name)
+
+
+def _predictions(logits) -> tuple[np.ndarray, np.ndarray]:
+  """(top-1 class [B], its softmax probability [B]) of logits [B, classes]."""
+  z = np.asarray(logits, np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  top = p.argmax(-1)
+  return top, p[np.arange(len(p)), top]
+
+
+def _percent(p: float) -> str:
+  """A probability as '93 %', or '99.8 %' / '0.4 %' near the ends (never
+  a rounded 100 or 0), with no line break before the sign."""
+  digits = 0 if 0.01 <= p < 0.995 else 1
+  return f'{100 * p:.{digits}f}\u00a0%'
+
+
 def _images(args):
   """Images from --images (paths / dirs) -> (names, float [-1, 1] batch)."""
   paths = data.list_images(args.images)[:args.limit or None]
@@ -169,19 +221,40 @@ def cmd_attention(args) -> dict:
   roll = np.asarray(attention.rollout_map(att, grid, prefix))
   dist = attention.mean_distance(att, grid, modelinfo.patch_size(model),
                                  prefix)
+  top, prob = _predictions(logits)
+  classes = _class_names(args, np.asarray(logits).shape[-1])
+  shown = [_shown_name(nm) for nm in names]
+  predicted = [f'{classes[t]} ({_percent(q)})' for t, q in zip(top, prob)]
+  who = _title_name(args, model)
+  h, w = grid
   files = []
   for i, name in enumerate(names):
-    files.append(figures.attention_grid(
+    files.append(figures.save(figures.attention_grid(
         imgs[i], cls[layers][:, i][:, heads],
+        f'{who} on {shown[i]}, predicted: {predicted[i]}. '
+        + ('Class-token attention' if prefix else 'Attention received, mean '
+           'over the patch queries,') +
+        f' over the {h}x{w} patches, per block (rows) and head (columns)',
+        [f'block {k}' for k in layers],
+        [f'head {k}' for k in heads]),
         os.path.join(args.out, f'attention_{name}.png')))
-  files.append(figures.overlays(imgs, roll, os.path.join(args.out,
-                                                         'rollout.png'),
-                                titles=names))
-  files.append(figures.mean_distance(
-      dist, os.path.join(args.out, 'mean_distance.png'),
-      f'{args.model}, {len(names)} images'))
-  top = np.asarray(logits).argmax(-1).tolist()
-  return {'images': names, 'predicted_class': top,
+  files.append(figures.save(figures.overlays(
+      imgs, roll, [f'{figures.short(nm, 26)}\npredicted ({_percent(q)}):'
+                   f'\n{figures.short(classes[t], 26)}'
+                   for nm, t, q in zip(shown, top, prob)],
+      f'{who}: attention rollout (Abnar & Zuidema 2020), '
+      + ("the class token's row" if prefix else 'the mean row') +
+      f" over the {h}x{w} patches (every block's head-averaged "
+      'attention with the identity, 0.5 A + 0.5 I, multiplied through the '
+      'blocks)', 'rollout weight / its maximum in the map', 'rollout'),
+      os.path.join(args.out, 'rollout.png')))
+  files.append(figures.save(figures.mean_distance(
+      dist, f'{who}: mean attention distance per head (attention-weighted '
+      f'pixel distance between patches), mean over {len(names)} images'),
+      os.path.join(args.out, 'mean_distance.png')))
+  return {'images': names, 'predicted_class': top.tolist(),
+          'predicted_name': [classes[t] for t in top],
+          'predicted_probability': prob.round(4).tolist(),
           'mean_distance_px': dist.round(2).tolist(),
           'rollout_peak_patch': [
               [int(v) for v in np.unravel_index(m.argmax(), m.shape)]
@@ -199,9 +272,12 @@ def cmd_embeddings(args) -> dict:
   pe = params['Transformer']['posembed_input']['pos_embedding']
   sim = embeddings.posemb_similarity(pe, grid, modelinfo.num_prefix(model))
   out = {'grid': list(grid), 'figures': []}
-  out['figures'].append(figures.posemb_similarity(
-      sim, os.path.join(args.out, 'posemb_similarity.png'),
-      f'{args.model}: position embedding similarity'))
+  who = _title_name(args, model)
+  out['figures'].append(figures.save(figures.posemb_similarity(
+      sim, f'{who}: cosine similarity between position embeddings; the '
+      f'tile at row i, column j compares position (i, j) with all '
+      f'{grid[0]}x{grid[1]} positions'),
+      os.path.join(args.out, 'posemb_similarity.png')))
   # Mean similarity by grid distance (1 = neighbours): shows 2-D structure.
   h, w = grid
   yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
@@ -216,9 +292,13 @@ def cmd_embeddings(args) -> dict:
     n = min(args.components, kernel.shape[-1], int(np.prod(kernel.shape[:3])))
     comp, var = embeddings.patch_pca(kernel, n)
     out['explained_variance'] = var.round(4).tolist()
-    out['figures'].append(figures.filters(
-        comp, os.path.join(args.out, 'patch_pca.png'),
-        f'{args.model}: first {len(comp)} principal components'))
+    ph, pw, c, dim = kernel.shape
+    out['figures'].append(figures.save(figures.filters(
+        comp, f'{who}: first {len(comp)} principal components of the {dim} '
+        f'patch-embedding filters ({ph}x{pw}x{c}), each min-max scaled to '
+        'RGB [0, 1]; above each: its share of the variance',
+        [f'PC {k + 1}: {100 * v:.1f} %' for k, v in enumerate(var)]),
+        os.path.join(args.out, 'patch_pca.png')))
   else:
     out['patch_pca'] = 'skipped: hybrid / conv-stem embedding is not on pixels'
   return out
@@ -260,7 +340,8 @@ def cmd_featvis(args) -> dict:
     res = fv.visualize(model, params, fs, (r, r), recipe)
     for f, img, s, e in zip(fs, res['images'], res['start'], res['end']):
       images[f] = img
-      titles[f] = f'{f.kind} block {f.layer} unit {f.index}'
+      titles[f] = (f'{f.kind} block {f.layer} unit {f.index}\n'
+                   f'{float(s):.2f} \u2192 {float(e):.2f}')
       ratio = float(e / abs(s)) if s else float('inf')
       out['features'][f.name()] = {
           'start': float(s), 'end': float(e), 'ratio_end_over_abs_start':
@@ -271,9 +352,13 @@ def cmd_featvis(args) -> dict:
         res['seconds'], 1)
     _write_json(json_path, out)  # progress survives an interruption
   order = [f for f in feats if f in images]
-  out['figures'].append(figures.image_grid(
-      [images[f] for f in order], os.path.join(args.out, 'featvis.png'),
-      [titles[f] for f in order], ncols=args.ncols))
+  out['figures'].append(figures.save(figures.image_grid(
+      [images[f] for f in order], [titles[f] for f in order],
+      f'{_title_name(args, model)}: feature visualization (activation '
+      f'maximization, {recipe.steps} steps, {recipe.copies} augmented '
+      "copies). Under each name: the feature's mean over the patch tokens, "
+      'on the start noise \u2192 on the image shown', ncols=args.ncols),
+      os.path.join(args.out, 'featvis.png')))
   return out
 
 
@@ -317,14 +402,16 @@ def _top_images(args, model, params, names, imgs, layers, units,
   units = res['units']  # negative indices resolved
   print(f'top images of {len(units)} units x {len(layers)} blocks among '
         f'{len(names)} images in {time.time() - t0:.0f}s', file=sys.stderr)
-  # ImageNet files are named <wnid>_<name>; the figure shows <name>.
-  shown = [re.sub(r'^n\d{8}_', '', nm) for nm in names]
-  files.append(figures.top_images(
+  shown = [_shown_name(nm) for nm in names]
+  what = _spatial_colour(args.kind)
+  files.append(figures.save(figures.top_images(
       imgs, res['maps'], res['image'], res['mean'], layers, units, shown,
-      os.path.join(args.out, 'top_images.png'),
-      f'{args.model}: for each {args.kind} unit, the image (of '
-      f'{len(names)}) with the highest mean over patch tokens, and the '
-      "unit's map on it"))
+      f'{_title_name(args, model)}: for each {args.kind} unit of each block '
+      f'(rows), the image (of {len(names)}) with the highest mean over the '
+      "patch tokens, and the unit's map on it (colour: its "
+      f'{what} at each patch, one scale per map)',
+      f"colour: the unit's {what} at each patch"),
+      os.path.join(args.out, 'top_images.png')))
   per_block = []
   for l, layer in enumerate(layers):
     per_block.append({
@@ -339,25 +426,37 @@ def _top_images(args, model, params, names, imgs, layers, units,
           'per_block': per_block}
 
 
+def _spatial_colour(kind: str) -> str:
+  """What a `spatial` map's colour is, for a feature kind."""
+  return {'mlp': 'activation (GELU output)',
+          'block': 'output-token value'}.get(kind, f'{kind} value')
+
+
 def _locality(args, model, params, names, imgs, layers, out) -> None:
   """Feature `--index` per block on each image, and the locality measure."""
   maps = spatial.maps(model, params, imgs, args.kind, args.index, layers)
   loc = spatial.locality(model, params, imgs, args.kind, args.index, layers,
                          per_side=args.per_side)
+  who = _title_name(args, model)
+  what = _spatial_colour(args.kind)
   for i, name in enumerate(names):
-    out['figures'].append(figures.spatial(
+    shown = _shown_name(name)
+    out['figures'].append(figures.save(figures.spatial(
         imgs[i], maps[:, i], loc['own'],
-        os.path.join(args.out, f'spatial_{name}.png'),
-        f'{args.model} {args.kind} unit {args.index}: activation map per '
-        'block; loc = own-patch share of input gradient'))
-  out['figures'].append(figures.curves(
+        f'{who}, {args.kind} feature {args.index} on {shown}: its {what} at '
+        'each patch after each block (own colour scale per block); loc: '
+        "the share of the patch token's input gradient on its own patch",
+        f"colour: the feature's {what} at each patch", layers),
+        os.path.join(args.out, f'spatial_{name}.png')))
+  out['figures'].append(figures.save(figures.curves(
       layers, {'own patch': loc['own'] * 100,
                '3x3 neighbourhood': loc['neighbourhood'] * 100,
                'own patch, chance': [loc['chance_own'] * 100] * len(layers)},
-      os.path.join(args.out, 'locality.png'), 'block',
-      'share of input-gradient mass (%)',
-      f'{args.model}: locality of patch tokens, {args.kind} feature '
-      f'{args.index}'))
+      'block', "share of the patch token's input-gradient mass (%)",
+      f'{who}: locality of the patch tokens, {args.kind} feature '
+      f'{args.index}, mean over {len(names)} images and '
+      f'{args.per_side ** 2} probed patches', logx=False),
+      os.path.join(args.out, 'locality.png')))
   out.update({
       'images': names,
       'locality_own': loc['own'].round(4).tolist(),
@@ -390,18 +489,19 @@ def cmd_cls(args) -> dict:
           file=sys.stderr, flush=True)
     _write_json(json_path, out)  # progress survives an interruption
   top1 = out['top1_by_insert_layer']
-  out['figures'] = [figures.cls_insertion(
+  out['figures'] = [figures.save(figures.cls_insertion(
       layers, [top1[str(k)] for k in layers],
-      os.path.join(args.out, f'cls_{args.mode}.png'),
-      f'CLS late insertion: {args.model} on {desc}\n'
-      f'{cls_insertion.PROTOCOLS[args.mode]}', n)]
+      f'CLS late insertion: {_title_name(args, model)} on {desc}\n'
+      f'({args.mode}: {cls_insertion.PROTOCOLS[args.mode]})', n),
+      os.path.join(args.out, f'cls_{args.mode}.png'))]
   return out
 
 
 def _curve(args, name: str, xs: Sequence[float], transform_for,
-           xlabel: str, extra: Optional[dict] = None) -> dict:
+           xlabel: str, what: str, extra: Optional[dict] = None) -> dict:
   """Top-1 for each x of a transform family; JSON rewritten after each x.
 
+  `what` ends the figure title ('<model> on <data>: top-1 <what>');
   `extra` entries go into the JSON from the first write on."""
   r = args.resolution
   model, params = _load_model(args, (r, r))
@@ -417,10 +517,10 @@ def _curve(args, name: str, xs: Sequence[float], transform_for,
     out['top1'].append(round(100 * acc, 2))
     print(f'{name} {x}: top-1 {100 * acc:.2f}%', file=sys.stderr, flush=True)
     _write_json(json_path, out)
-  out['figures'] = [figures.curves(
-      out['x'], {args.model: out['top1']},
-      os.path.join(args.out, f'{name}.png'), xlabel,
-      title=f'{args.model} on {desc}')]
+  out['figures'] = [figures.save(figures.curves(
+      out['x'], {out['label']: out['top1']}, xlabel,
+      title=f'{_title_name(args, model)} on {desc}: top-1 {what}'),
+      os.path.join(args.out, f'{name}.png'))]
   return out
 
 
@@ -436,7 +536,9 @@ def cmd_lowpass(args) -> dict:
   return _curve(args, 'lowpass', fr,
                 lambda f, _: (lambda x: frequency.low_pass(x, f,
                                                            window=window)),
-                LOWPASS_XLABEL[window], extra={'window': window})
+                LOWPASS_XLABEL[window],
+                f'after an ideal Fourier low-pass filter ({window} window)',
+                extra={'window': window})
 
 
 def cmd_masking(args) -> dict:
@@ -464,18 +566,23 @@ def cmd_masking(args) -> dict:
   r = args.resolution
   model, params = _load_model(args, (r, r))
   ev = evaluation.Evaluator(model, params, args.batch_size)
-  correct, per_image, examples = _masking_evaluate(ev, samples, args)
+  correct, per_image, examples, num_classes = _masking_evaluate(ev, samples,
+                                                                args)
   top1 = {c: round(100 * float(np.mean(v)), 2) for c, v in correct[1].items()}
   top5 = {c: round(100 * float(np.mean(v)), 2) for c, v in correct[5].items()}
   desc = f'{len(samples)} images with own-class boxes'
-  files = [_masking_examples(examples, os.path.join(
-      args.out, 'masking_examples.png'), f'{args.model}: removed pixels '
-                            'black, before resize and crop'),
-           figures.bars([masking.TITLES[c] for c in masking.CONDITIONS],
-                        {'top-1': list(top1.values()),
-                         'top-5': list(top5.values())},
-                        os.path.join(args.out, 'masking_top1.png'),
-                        title=f'{args.model}, {desc}')]
+  who = _title_name(args, model)
+  classes = _class_names(args, num_classes)
+  files = [_masking_examples(
+      examples, classes, os.path.join(args.out, 'masking_examples.png'),
+      f'{who}: the three inputs (own-class boxes; removed pixels black, '
+      'before resize and crop). Under each: the true class, whether top-1 '
+      'is right, the prediction (probability)'),
+           figures.save(figures.bars(
+               [masking.TITLES[c] for c in masking.CONDITIONS],
+               {'top-1': list(top1.values()), 'top-5': list(top5.values())},
+               title=f'{who} on {desc}: top-1 and top-5 per input'),
+               os.path.join(args.out, 'masking_top1.png'))]
   return {'protocol': 'boxes', 'boxes': args.boxes, 'images': len(samples),
           'skipped': skipped, 'fill': '0 (black; -1 in [-1, 1])',
           'top1': top1, 'top5': top5, 'boxes_clipped': sum(
@@ -486,7 +593,8 @@ def cmd_masking(args) -> dict:
 
 
 def _masking_evaluate(ev, samples, args):
-  """Top-1 / top-5 hits per condition, per-image records, examples."""
+  """Top-1 / top-5 hits per condition, per-image records, examples, and
+  the number of classes of the model's logits."""
   labels = np.asarray([s.label for s in samples])
   correct = {k: {c: [] for c in masking.CONDITIONS} for k in (1, 5)}
   per_image, examples = [], []
@@ -495,14 +603,17 @@ def _masking_evaluate(ev, samples, args):
     loaded = [masking.load(s, args.resolution, resize=args.resize,
                            clip=args.clip_boxes) for s in chunk]
     inputs = np.stack([x for x, _ in loaded])  # [n, 3, R, R, 3]
-    preds = []
+    preds, probs = [], []
     for j, c in enumerate(masking.CONDITIONS):
       logits = ev.logits(inputs[:, j])
       for k in (1, 5):
         correct[k][c] += masking.topk_correct(
             logits, labels[i:i + len(chunk)], k).tolist()
-      preds.append(logits.argmax(-1))
-    for s, (x, info), p in zip(chunk, loaded, np.stack(preds, 1)):
+      top, prob = _predictions(logits)
+      preds.append(top)
+      probs.append(prob)
+    for s, (x, info), p, q in zip(chunk, loaded, np.stack(preds, 1),
+                                  np.stack(probs, 1)):
       per_image.append({
           'image': os.path.basename(s.path), 'wnid': s.wnid,
           'label': s.label, 'own_class_boxes': len(s.boxes),
@@ -510,23 +621,27 @@ def _masking_evaluate(ev, samples, args):
           'boxes_clipped': info['boxes_clipped'],
           'predicted': dict(zip(masking.CONDITIONS, p.tolist()))})
       if len(examples) < args.examples:
-        examples.append((s, x, p))
+        examples.append((s, x, p, q))
     print(f'  masking: {len(per_image)}/{len(samples)} images',
           file=sys.stderr, flush=True)
-  return correct, per_image, examples
+  return correct, per_image, examples, logits.shape[-1]
 
 
-def _masking_examples(examples, path: str, title: str) -> str:
-  """Rows of (original, background only, foreground only) with titles."""
+def _masking_examples(examples, classes: Sequence[str], path: str,
+                      title: str) -> str:
+  """Rows of (original, background only, foreground only); under each
+  input the prediction, its probability and whether it is right."""
   imgs, cells = [], []
-  for s, x, pred in examples:
-    name = os.path.splitext(os.path.basename(s.path))[0]
+  for s, x, pred, prob in examples:
+    name = _shown_name(os.path.splitext(os.path.basename(s.path))[0])
     imgs.append(x.astype(np.float32) / 255)
-    cells.append([f'{name}: top-1 {"right" if p == s.label else "wrong"}'
-                  for p in pred])
-  return figures.image_table(imgs, path, [masking.TITLES[c] for c in
-                                          masking.CONDITIONS], cells,
-                             title=title)
+    cells.append([f'{figures.short(name, 24)}: '
+                  f'{"right" if p == s.label else "wrong"}\n'
+                  f'{figures.short(classes[p], 22)} ({_percent(q)})'
+                  for p, q in zip(pred, prob)])
+  return figures.save(figures.image_table(
+      imgs, [masking.TITLES[c] for c in masking.CONDITIONS], cells,
+      title=title), path)
 
 
 def _masking_center_box_patches(args) -> dict:
@@ -544,7 +659,9 @@ def _masking_center_box_patches(args) -> dict:
     return lambda x: center_box_patches.remove_patches(x, f, px, remove,
                                                        seed=args.seed)
   out = _curve(args, _json_name(args), fr, transform_for,
-               f'fraction of the {remove} patches removed')
+               f'fraction of the {remove} patches removed',
+               f'with a share of the {remove} patches (around a centre box '
+               'of half the side) set to 0, mid-grey')
   out.update({'protocol': 'center_box_patches', 'removed': remove,
               'left_at_fraction_1':
                   center_box_patches.LEFT_AT_FRACTION_1[remove],
@@ -561,8 +678,31 @@ def _json_name(args) -> str:
   return args.cmd
 
 
+COMPARE_WHAT = {'window': 'after an ideal Fourier low-pass filter',
+                'removed': 'with centre-box patches set to mid-grey'}
+
+
+def _compare_xlabel(results: Sequence[dict]) -> str:
+  """One x label for several results: 'cut-off (circle: fraction of the
+  corner radius; rectangle: ...)' when they differ only in the brackets."""
+  tagged = []
+  for r in results:
+    tag = r.get('window') or r.get('removed') or ''
+    if r.get('xlabel') and (tag, r['xlabel']) not in tagged:
+      tagged.append((tag, r['xlabel']))
+  labels = [x for _, x in tagged]
+  if len(set(labels)) <= 1:
+    return labels[0] if labels else ''
+  head = labels[0].split(' (')[0]
+  if all(x.startswith(head + ' (') and x.endswith(')') for x in labels):
+    return head + ' (' + '; '.join(
+        f'{t}: {x[len(head) + 2:-1]}' if t else x[len(head) + 2:-1]
+        for t, x in tagged) + ')'
+  return ' / '.join(labels)
+
+
 def cmd_compare(args) -> dict:
-  ys, xs = {}, None
+  ys, xs, datasets, results = {}, None, [], []
   for p in args.results:
     if not os.path.isfile(p):
       raise _error(f'no such result file: {p}')
@@ -579,6 +719,9 @@ def cmd_compare(args) -> dict:
     if 'window' in r:
       label += f', {r["window"]} window'
     ys[label] = r['top1']
+    results.append(r)
+    if r.get('data') and r['data'] not in datasets:
+      datasets.append(r['data'])
   out = {'x': xs, 'top1': ys}
   ylabel = 'top-1 (%)'
   if args.relative:  # share of each model's accuracy at the first x
@@ -588,9 +731,16 @@ def cmd_compare(args) -> dict:
     out['relative_top1'] = {k: [round(v, 1) for v in y]
                             for k, y in ys.items()}
     ylabel = f'top-1 relative to x = {xs[0]} (%)'
-  path = os.path.join(args.out, args.name + '.png')
-  figures.curves(xs, ys, path, args.xlabel or r.get('xlabel', ''),
-                 ylabel=ylabel, title=args.title)
+  # Default title and x label from the results: data, transform, x labels.
+  title = args.title
+  if not title and datasets:
+    title = f'{ylabel[:-4]} on {" / ".join(datasets)}'
+    for key, what in COMPARE_WHAT.items():
+      if all(key in r for r in results):
+        title += f', {what}'
+  path = figures.save(figures.curves(
+      xs, ys, args.xlabel or _compare_xlabel(results), ylabel=ylabel,
+      title=title), os.path.join(args.out, args.name + '.png'))
   out['figures'] = [path]
   return out
 
