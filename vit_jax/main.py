@@ -50,6 +50,14 @@ def init_distributed() -> None:
     jax.distributed.initialize()
 
 
+def set_allocator(config) -> None:
+  """`config.perf.host_malloc` (`vit_jax.perf.host_malloc`), before jax
+  starts its threads."""
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
+  perf = config.get('perf') or {}
+  host_malloc.apply(perf.get('host_malloc', 'auto'))
+
+
 def run(config, workdir: str):
   """Dispatches on `config.trainer` (imports are lazy)."""
   # pylint: disable=g-import-not-at-top
@@ -141,6 +149,7 @@ def main(argv) -> int:
     warnings.filterwarnings('ignore', message='coroutine .* was never awaited',
                             category=RuntimeWarning)
   try:
+    set_allocator(FLAGS.config)
     init_distributed()
     run(FLAGS.config, FLAGS.workdir)
   except KeyboardInterrupt:
@@ -159,6 +168,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.maybe_reexec()
   app.run(main, flags_parser=parse_flags)
