@@ -2,8 +2,8 @@
 
     python benchmarks/attention_check.py --model=B/16 --batch=64   # GPU only
 
-Builds the model twice (attention_impl 'xla' and 'cudnn', identical
-parameters), compares bf16 logits and parameter gradients by relative L2
+Builds the model twice (`config.perf.attention` 'einsum' and 'cudnn' through
+`vit_jax.perf.hooks`, identical parameters), compares bf16 logits and parameter gradients by relative L2
 error ||a - b|| / ||b||, and times a forward+backward of each. Exits 1 if
 cuDNN is unavailable for this shape (the message says why).
 """
@@ -21,8 +21,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-from vit_jax import models  # pylint: disable=g-import-not-at-top
-from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
 
 
 def rel(a, b) -> float:
@@ -35,15 +34,19 @@ def main() -> int:
   p.add_argument('--model', default='B/16')
   p.add_argument('--resolution', type=int, default=224)
   p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--cudnn_seq_multiple', type=int, default=8)
   args = p.parse_args()
-  print(f'CUDNN_SEQ_MULTIPLE={vit.CUDNN_SEQ_MULTIPLE}')
+  print(f'cudnn_seq_multiple={args.cudnn_seq_multiple}')
   x = jax.random.uniform(jax.random.key(1),
                          (args.batch, args.resolution, args.resolution, 3),
                          jnp.float32, -1, 1)
   y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 1000)
   outs = {}
-  for impl in ('xla', 'cudnn'):
-    m = models.get_model(args.model, dtype=jnp.bfloat16, attention_impl=impl)
+  for impl in ('einsum', 'cudnn'):
+    m = bench.build_model(
+        args.model, dict(attention=impl,
+                         cudnn_seq_multiple=args.cudnn_seq_multiple),
+        dtype=jnp.bfloat16)
     params = jax.jit(m.init)(jax.random.key(0), x[:1])['params']
     # a non-zero head so that gradients reach every layer
     params['head']['kernel'] = 0.02 * jax.random.normal(
@@ -66,15 +69,15 @@ def main() -> int:
       ts.append(time.perf_counter() - t0)
     outs[impl] = (logits, g)
     print(f'{impl}: fwd+bwd {1e3 * statistics.median(ts):.1f} ms')
-  (la, ga), (lb, gb) = outs['cudnn'], outs['xla']
+  (la, ga), (lb, gb) = outs['cudnn'], outs['einsum']
   errs = sorted(
       ((rel(a, b), jax.tree_util.keystr(path), float(jnp.linalg.norm(b)))
        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ga),
                                jax.tree_util.tree_leaves(gb))), reverse=True)
   for e, name, norm in errs[:6]:
-    print(f'  gradient rel err {e:.2e} at {name} (|xla grad| {norm:.2e})')
+    print(f'  gradient rel err {e:.2e} at {name} (|einsum grad| {norm:.2e})')
   gerr = errs[0][0]
-  print(f'cudnn vs xla (bf16): logits rel err {rel(la, lb):.2e}, '
+  print(f'cudnn vs einsum (bf16): logits rel err {rel(la, lb):.2e}, '
         f'worst gradient leaf rel err {gerr:.2e}')
   return 0
 

@@ -50,9 +50,9 @@ if want flags; then  # the B/16 training step under XLA:GPU flag variants
     --steps=6 --warmup=2
 fi
 if want check; then
-  run check 200 $PY benchmarks/attention_check.py --batch=64 || {
-    export VIT_JAX_CUDNN_SEQ_MULTIPLE=64
-    run check 200 $PY benchmarks/attention_check.py --batch=64; }
+  run check 200 $PY benchmarks/attention_check.py --batch=64 ||
+    run check 200 $PY benchmarks/attention_check.py --batch=64 \
+      --cudnn_seq_multiple=64
 fi
 if want b16; then
   for attn in xla cudnn; do

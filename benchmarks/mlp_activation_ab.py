@@ -22,7 +22,6 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
-from vit_jax import models  # pylint: disable=g-import-not-at-top
 from vit_jax.models import gelu  # pylint: disable=g-import-not-at-top
 
 
@@ -40,8 +39,8 @@ def main():
   y = jnp.asarray(np.arange(args.batch) % 1000, jnp.int32)
   steps = {}
   for act in gelu.ACTIVATIONS:
-    model = models.get_model(args.model, num_classes=1000,
-                             mlp_activation=act)
+    model = bench.build_model(args.model, num_classes=1000,
+                              mlp_activation=act)
     params = jax.jit(lambda k, m=model: m.init(k, x[:1])['params'])(
         jax.random.key(0))
     _, call, _ = bench.compile_step(model, args.mode, params, x, y)

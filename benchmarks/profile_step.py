@@ -37,7 +37,8 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
-from vit_jax import models  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import hooks  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
 
 _INSTR = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
 _COMP = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$')
@@ -212,6 +213,8 @@ def parse_args(argv):
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'])
   p.add_argument('--parallel_microbatches', type=int, default=0,
                  help='independent micro-batches per step (0: automatic)')
+  p.add_argument('--perf', default='',
+                 help='config.perf settings KEY=VALUE,... (vit_jax.perf.hooks)')
   p.add_argument('--top', type=int, default=25, help='rows to print')
   p.add_argument('--trace_dir', default='/tmp/vit_jax_profile')
   return p.parse_args(argv)
@@ -219,17 +222,22 @@ def parse_args(argv):
 
 def main(argv: Optional[list[str]] = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  overrides = {'dtype': bench.DTYPES[args.dtype]}
+  perf = bench.parse_perf(args.perf)
   if args.attention_impl:
-    overrides['attention_impl'] = args.attention_impl
-  model = models.get_model(args.model, num_classes=1000, **overrides)
+    perf['attention'] = {'xla': 'einsum'}.get(args.attention_impl,
+                                              args.attention_impl)
+  perf.setdefault('microbatches', args.parallel_microbatches)
+  model = bench.build_model(args.model, perf, num_classes=1000,
+                            dtype=bench.DTYPES[args.dtype])
   size = (args.batch, args.resolution, args.resolution, 3)
   images = jax.random.uniform(jax.random.key(0), size, jnp.float32, -1, 1)
   labels = jnp.zeros((args.batch,), jnp.int32)
   params = jax.jit(lambda k: model.init(k, images[:1])['params'])(
       jax.random.key(1))
+  parts = hooks.microbatches(perf, args.mode, args.batch,
+                             resolution=args.resolution)
   compiled, call, parts = bench.compile_step(
-      model, args.mode, params, images, labels, args.parallel_microbatches)
+      model, args.mode, params, images, labels, parts)
   for _ in range(2):
     jax.block_until_ready(call())
   run_dir = os.path.join(args.trace_dir, time.strftime('%Y%m%d-%H%M%S'))
@@ -260,6 +268,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.maybe_reexec()
+  host_malloc.apply('auto')  # before XLA starts its threads
   sys.exit(main())

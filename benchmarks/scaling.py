@@ -22,6 +22,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
 
 HEADER = ('| model | res | params (M) | GFLOPs/img | img/s | ms/step | '
           'TFLOP/s | MFU | peak mem (GiB) | compile (s) |\n'
@@ -80,6 +81,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.maybe_reexec()
+  host_malloc.apply('auto')  # before XLA starts its threads
   sys.exit(main())

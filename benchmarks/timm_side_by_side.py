@@ -20,10 +20,14 @@ there), driven step by step from here, so the two frameworks alternate but do
 not share a malloc heap: in one process, torch's tensors land in the memory
 XLA freed after its step, XLA's next step-sized buffer no longer fits, and
 the heap grows by ~1 GB with ~300 k page faults (several seconds of system
-time on a VM) in whichever step comes next, at random. The child inherits
-the environment, including the allocator tunables of `vit_jax.perf.host_malloc`
-(which spare torch its page faults too). On GPU both stay in this process
-(`same`): JAX preallocates most of the GPU memory for itself.
+time on a VM) in whichever step comes next, at random. Both sides run
+under the same allocator: `--host_malloc` (default auto: on without a
+GPU / TPU) applies `vit_jax.perf.host_malloc`'s glibc settings in this
+process and in the child, each before its framework starts its threads
+(they spare torch its page faults too); the printed line says which. On
+GPU both stay in this process (`same`): JAX preallocates most of the GPU
+memory for itself. Our model is built with the computation hooks of
+`--perf` (`config.perf` settings, `vit_jax.perf.hooks`; unset: auto).
 
 Inference: forward in eval mode, no grad. Training: one AdamW step on softmax
 cross-entropy (forward, backward, update), both frameworks. fp32 on CPU uses
@@ -54,7 +58,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
-from vit_jax import models  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import hooks  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
 
 try:
   import timm  # pylint: disable=g-import-not-at-top
@@ -101,22 +106,23 @@ def _timm_model(case: Case, resolution: int):
 
 def jax_step(case: Case, mode: str, dtype: str, resolution: int,
              images: np.ndarray, labels: np.ndarray,
-             remat: bool, attention_impl=None,
-             parallel_microbatches: int = 0) -> tuple[Callable[[], Any], int]:
+             remat: bool, perf=None) -> tuple[Callable[[], Any], int]:
   """(no-argument callable running one compiled step of our model, number of
-  micro-batches it splits the batch into: `vit_jax.perf.microbatch`)."""
+  micro-batches it splits the batch into: `vit_jax.perf.microbatch`).
+
+  `perf`: `config.perf` settings for the model's hooks (missing: auto).
+  """
+  perf = dict(perf or {})
   overrides = {'dtype': bench.DTYPES[dtype]}
   if remat:
     overrides['remat'] = True
-  if attention_impl and not case.ours.startswith('Mixer'):
-    overrides['attention_impl'] = attention_impl
-  model = models.get_model(case.ours, num_classes=1000, **overrides)
+  model = bench.build_model(case.ours, perf, num_classes=1000, **overrides)
   x = jnp.asarray(images)
   y = jnp.asarray(labels)
   params = jax.jit(lambda k: model.init(k, x[:1])['params'])(
       jax.random.key(0))
-  return bench.compile_step(model, mode, params, x, y,
-                            parallel_microbatches)[1:]
+  parts = hooks.microbatches(perf, mode, x.shape[0], resolution=resolution)
+  return bench.compile_step(model, mode, params, x, y, parts)[1:]
 
 
 def torch_step(case: Case, mode: str, dtype: str, resolution: int,
@@ -193,10 +199,10 @@ class TimmProcess:
   true} runs one and answers {"seconds": s, "faults": minor page faults}.
   """
 
-  def __init__(self, threads: int):
+  def __init__(self, threads: int, host_malloc_mode: str = 'off'):
     self._proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), '--_timm_worker',
-         f'--threads={threads}'],
+         f'--threads={threads}', f'--host_malloc={host_malloc_mode}'],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
   def _ask(self, request: dict) -> dict:
@@ -213,9 +219,10 @@ class TimmProcess:
     """Builds timm's step for this case in the child; returns a callable
     that runs one step there and returns its seconds (its page faults are
     appended to `faults`)."""
-    self._ask(dict(case=case.name, mode=mode, dtype=args.dtype,
-                   resolution=res, batch=args.batch,
-                   device=args.torch_device, compile=args.torch_compile))
+    self.host_malloc = self._ask(dict(
+        case=case.name, mode=mode, dtype=args.dtype, resolution=res,
+        batch=args.batch, device=args.torch_device,
+        compile=args.torch_compile))['host_malloc']
 
     def step():
       answer = self._ask({'step': True})
@@ -244,7 +251,7 @@ def _timm_worker(threads: int) -> int:
       step = torch_step(CASES[request['case']], request['mode'],
                         request['dtype'], request['resolution'], images,
                         labels, request['device'], request['compile'])
-      answer = {'ready': True}
+      answer = {'ready': True, 'host_malloc': host_malloc.active()}
     answers.write(json.dumps(answer) + '\n')
     answers.flush()
   return 0
@@ -258,8 +265,7 @@ def run_case(case: Case, mode: str, args, timm_process=None) -> dict:
   res = args.resolution or case.resolution
   images, labels = _inputs(args.batch, res)
   ours, parts = jax_step(case, mode, args.dtype, res, images, labels,
-                         args.remat, args.attention_impl,
-                         args.parallel_microbatches)
+                         args.remat, args.perf)
   f_ours, f_timm = [], []  # page faults per step, warm-up included
   ours_timed = lambda: _timed(ours, f_ours)  # each: one step, its seconds
   theirs_timed = None
@@ -300,7 +306,20 @@ def run_case(case: Case, mode: str, args, timm_process=None) -> dict:
               timm_step_faults=f_timm[args.warmup:],
               timm_process=('separate' if timm_process else
                             'same' if theirs_timed else None),
+              perf=hooks.resolve(args.perf, jax.default_backend(),
+                                 jax.device_count()),
+              ours_host_malloc=host_malloc.active(),
+              timm_host_malloc=(timm_process.host_malloc if timm_process
+                                else host_malloc.active()),
               load_avg=os.getloadavg()[0])
+
+
+def _early_flag(argv, flag: str, default: str) -> str:
+  """The value of `--flag=VALUE` in argv, read before anything else runs."""
+  for a in argv:
+    if a.startswith(flag + '='):
+      return a.split('=', 1)[1]
+  return default
 
 
 def parse_args(argv):
@@ -324,9 +343,16 @@ def parse_args(argv):
   p.add_argument('--torch_compile', action='store_true')
   p.add_argument('--remat', action='store_true')
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'])
-  p.add_argument('--parallel_microbatches', type=int, default=0,
+  p.add_argument('--parallel_microbatches', type=int, default=None,
                  help='our step\'s independent micro-batches (0: automatic, '
                  'see vit_jax.perf.microbatch)')
+  p.add_argument('--perf', default='',
+                 help='config.perf settings of our side, KEY=VALUE,... '
+                 '(vit_jax.perf.hooks; unset: auto)')
+  p.add_argument('--host_malloc', default='auto',
+                 choices=list(host_malloc.MODES),
+                 help='glibc allocator settings of vit_jax.perf.host_malloc '
+                 'for both sides (auto: on without a GPU / TPU)')
   p.add_argument('--no_timm', action='store_true')
   p.add_argument('--timm_process', default='auto',
                  choices=['auto', 'separate', 'same'],
@@ -343,6 +369,15 @@ def parse_args(argv):
       p.error(f'--modes: unknown mode {m!r}; allowed: infer, train')
   if args._timm_worker:  # pylint: disable=protected-access
     return args
+  try:
+    args.perf = bench.parse_perf(args.perf)
+  except ValueError as e:
+    p.error(str(e))
+  if args.attention_impl:
+    args.perf['attention'] = {'xla': 'einsum'}.get(args.attention_impl,
+                                                   args.attention_impl)
+  if args.parallel_microbatches is not None:
+    args.perf['microbatches'] = args.parallel_microbatches
   if args.torch_device is None:
     args.torch_device = ('cuda' if jax.devices()[0].platform == 'gpu'
                          else 'cpu')
@@ -351,9 +386,15 @@ def parse_args(argv):
   return args
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, set_allocator: bool = False) -> int:
+  """The command line; `set_allocator`: apply `--host_malloc` here first (a
+  fresh process, before XLA starts its threads; the timm child follows)."""
+  if set_allocator:
+    host_malloc.apply(_early_flag(sys.argv[1:] if argv is None else argv,
+                                  '--host_malloc', 'auto'))
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args._timm_worker:  # pylint: disable=protected-access
+    host_malloc.apply(args.host_malloc)  # before torch starts its threads
     return _timm_worker(args.threads)
   child = None
   if timm is None:
@@ -361,12 +402,14 @@ def main(argv: Optional[list[str]] = None) -> int:
   else:
     torch.set_num_threads(args.threads)
     if args.timm_process == 'separate' and not args.no_timm:
-      child = TimmProcess(args.threads)
+      child = TimmProcess(args.threads,
+                          'on' if host_malloc.active() else 'off')
   print(f'jax {jax.__version__} on {bench.device_name()}; '
         + (f'torch {torch.__version__} on {args.torch_device} '
            f'({torch.get_num_threads()} threads, '
            f'{args.timm_process} process), timm {timm.__version__}'
-           if timm else 'no timm'))
+           if timm else 'no timm')
+        + f'; {host_malloc.describe()} (both sides)')
   try:
     return _run_all(args, child)
   finally:
@@ -398,6 +441,4 @@ def _run_all(args, child: Optional[TimmProcess]) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.maybe_reexec()
-  sys.exit(main())
+  sys.exit(main(set_allocator=True))

@@ -74,6 +74,27 @@ def optim_config(**kw) -> ml_collections.ConfigDict:
   return o
 
 
+def perf_config(**kw) -> ml_collections.ConfigDict:
+  """The `config.perf` block: how the steps are computed, never what
+  (`vit_jax.perf.hooks`; docs/performance.md). 'auto' = the measured
+  default on a single-device CPU, the stock path elsewhere."""
+  p = ml_collections.ConfigDict(dict(
+      cpu_gemm='auto',           # auto | on | off: OpenBLAS fp32 products
+      attention='auto',          # auto | einsum | xla | custom_grad | cudnn
+      cudnn_seq_multiple=8,      # attention='cudnn': pad sequences to this
+      conv='auto',               # auto | xla | pointwise | im2col | implicit_gemm
+      group_norm='auto',         # auto | flax | two_stage
+      weight_std='auto',         # auto | plain | custom_grad
+      # Independent parts each (accumulation) micro-batch and eval batch
+      # is computed in, run side by side by XLA:CPU (vit_jax.perf.
+      # microbatch); 0 = auto.
+      microbatches=0,
+      host_malloc='auto',        # auto | on | off: glibc malloc for XLA:CPU
+  ))
+  p.update(kw)
+  return p
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Defaults: fine-tuning a ViT-B/16 on CIFAR-10 (the official recipe)."""
   c = ml_collections.ConfigDict()
@@ -106,10 +127,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 512             # global, over all processes
   c.eval_batch_size = 512
   c.accum_steps = 1              # micro-batches per step (grad accumulation)
-  # Independent parts each (accumulation) micro-batch and eval batch is
-  # computed in, run side by side by XLA:CPU (vit_jax.perf.microbatch); 0 = auto:
-  # train 2 / eval 4 on a single-device CPU at <= 256 px, else 1.
-  c.parallel_microbatches = 0
   c.total_steps = 10_000
   c.warmup_steps = 500
   c.optim = optim_config()
@@ -119,6 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Mesh axis sizes (-1 = the rest of the devices), partition rule set.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.partition_rules = 'default'  # see vit_jax.training.sharding.RULES
+  c.perf = perf_config()         # speed only (vit_jax.perf.hooks)
 
   c.log_every = 10
   c.eval_every = 1000            # also at the end; 0 = only at the end

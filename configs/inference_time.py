@@ -12,6 +12,8 @@ The argument after ':' is a model name of the `vit_jax.models` registry.
 
 import ml_collections
 
+from configs import common
+
 # The argument after ':' (`python -m vit_jax.main --help` lists it).
 ARGUMENT = 'MODEL_NAME'
 
@@ -27,9 +29,8 @@ def get_config(arg=None):
   c.steps = 5                    # timed steps (median reported)
   c.warmup = 2
   c.remat = False
-  # Independent micro-batches per step (vit_jax.perf.microbatch); 0 = automatic.
-  c.parallel_microbatches = 0
-  c.attention_impl = ml_collections.FieldReference(None, field_type=str)
+  # How the steps are computed (vit_jax.perf.hooks), e.g. attention='cudnn'.
+  c.perf = common.perf_config()
   c.num_classes = 1000
   # MFU peak in TFLOP/s; None: datasheet bf16 (GPU/TPU) or measured (CPU).
   c.peak_tflops = ml_collections.FieldReference(None, field_type=float)

@@ -255,6 +255,29 @@ def check_patch_size(model_name: str, allow_custom: bool = False) -> None:
       f'--config.{ALLOW_CUSTOM_KEY}=True to train it anyway')
 
 
+def validate_perf(config) -> None:
+  """Checks `config.perf` (`vit_jax.perf.hooks`): known keys, allowed
+  values, and micro-batches that divide the batches they split."""
+  from vit_jax.perf import hooks  # pylint: disable=g-import-not-at-top
+  if 'perf' not in config:
+    raise ValueError('config.perf is missing; start from '
+                     'configs/common.py:perf_config()')
+  hooks.validate(config.perf)
+  k = config.perf.get('microbatches', 0)
+  if not k:
+    return
+  if 'accum_steps' in config:
+    micro = config.batch_size // config.accum_steps
+    if micro % k:
+      raise ValueError(
+          f'config.perf.microbatches={k} does not divide the micro-batch '
+          f'of {micro} (config.batch_size={config.batch_size} / '
+          f'config.accum_steps={config.accum_steps})')
+  if 'eval_batch_size' in config and config.eval_batch_size % k:
+    raise ValueError(f'config.perf.microbatches={k} does not divide '
+                     f'config.eval_batch_size={config.eval_batch_size}')
+
+
 def validate(config, num_devices: Optional[int] = None) -> None:
   """Checks `config`; raises ValueError with a one-line message on error."""
   # Imports kept local: configs are validated before heavy imports matter.
@@ -302,7 +325,7 @@ def validate(config, num_devices: Optional[int] = None) -> None:
     if config[key] <= 0:
       raise ValueError(f'config.{key}={config[key]} must be positive')
   for key in ('warmup_steps', 'eval_every', 'checkpoint_every',
-              'keep_checkpoints', 'parallel_microbatches'):
+              'keep_checkpoints'):
     if config[key] < 0:
       raise ValueError(f'config.{key}={config[key]} must be >= 0')
   if config.warmup_steps > config.total_steps:
@@ -316,15 +339,7 @@ def validate(config, num_devices: Optional[int] = None) -> None:
   if config.batch_size % config.accum_steps:
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible '
                      f'by config.accum_steps={config.accum_steps}')
-  k = config.parallel_microbatches
-  if k and (config.batch_size // config.accum_steps) % k:
-    raise ValueError(
-        f'config.parallel_microbatches={k} does not divide the micro-batch '
-        f'of {config.batch_size // config.accum_steps} (config.batch_size='
-        f'{config.batch_size} / config.accum_steps={config.accum_steps})')
-  if k and config.eval_batch_size % k:
-    raise ValueError(f'config.parallel_microbatches={k} does not divide '
-                     f'config.eval_batch_size={config.eval_batch_size}')
+  validate_perf(config)
   if num_devices is not None:
     sizes = sharding.mesh_shape(config.mesh, num_devices)
     split = sizes['data'] * sizes['fsdp']

@@ -75,6 +75,14 @@ def init_distributed() -> None:
   jax.distributed.initialize(**given)
 
 
+def set_allocator(config) -> None:
+  """`config.perf.host_malloc` (`vit_jax.perf.host_malloc`), before jax
+  starts its threads."""
+  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
+  perf = config.get('perf') or {}
+  host_malloc.apply(perf.get('host_malloc', 'auto'))
+
+
 def run(config, workdir: str):
   """Dispatches on `config.trainer` (imports are lazy)."""
   # pylint: disable=g-import-not-at-top
@@ -316,6 +324,7 @@ def main(argv) -> int:
     if training:
       from vit_jax import config_lib  # pylint: disable=g-import-not-at-top
       config_lib.validate(config)  # before anything slow
+    set_allocator(config)
     init_distributed()
     if training:
       import_tensorflow()  # input pipelines, TensorBoard
@@ -336,6 +345,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.maybe_reexec()
   app.run(main, flags_parser=parse_flags)

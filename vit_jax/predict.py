@@ -57,14 +57,17 @@ def load_classifier(model_name: str, checkpoint_path: str, resolution: int):
   returns (probs_fn: images [B, R, R, 3] -> [B, classes], classes)."""
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax.checkpoints import pretrained  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import hooks  # pylint: disable=g-import-not-at-top
 
   try:
     restored = pretrained.read(checkpoint_path)
     if restored.num_classes is None:
       raise PredictError(f'{checkpoint_path} has no classification head')
     print(f'read {restored.describe()}', file=sys.stderr)
-    model, params = pretrained.load_model(model_name, restored,
-                                          (resolution, resolution))
+    model, params = pretrained.load_model(
+        model_name, restored, (resolution, resolution),
+        **hooks.model_overrides({}, jax.default_backend(),
+                                jax.device_count(), model_name))
   except ValueError as e:
     raise PredictError(str(e)) from e
 

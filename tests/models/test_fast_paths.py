@@ -1,8 +1,7 @@
-"""Fast paths against the reference implementations they replace: PatchEmbed
-vs flax's convolution, head-major attention vs `jax.nn.dot_product_attention`
-and its hand-written gradient vs autodiff,
-ResNet's StdConv as im2col + matmul vs the convolution, its GroupNorm vs
-flax's."""
+"""The models' own exact shortcuts against what they replace (PatchEmbed vs
+flax's convolution, head-major attention vs `jax.nn.dot_product_attention`),
+and every computation hook of `vit_jax.perf.hooks` against the stock path:
+same logits and gradients, piece by piece and in whole models."""
 
 import flax.linen as nn
 import jax
@@ -10,8 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vit_jax import models
 from vit_jax.models import patchify
 from vit_jax.models import vit
+from vit_jax.perf import hooks
+
+# Every non-stock choice of every piece (a deleted choice drops out here).
+PIECES = [(k, v) for k, vals in hooks.CHOICES.items()
+          if k != 'host_malloc'
+          for v in vals if v not in ('auto', hooks.STOCK[k], 'cudnn')]
 
 
 @pytest.mark.parametrize('patch,size,channels', [
@@ -42,33 +48,48 @@ def test_patch_embed_bfloat16_compute():
   assert m.apply(params, x).dtype == jnp.bfloat16
 
 
+def _qkv(nq, nk, dtype=jnp.float32):
+  keys = jax.random.split(jax.random.key(0), 3)
+  return (jax.random.normal(keys[0], (2, nq, 3, 16)).astype(dtype),
+          jax.random.normal(keys[1], (2, nk, 3, 16)).astype(dtype),
+          jax.random.normal(keys[2], (2, nk, 3, 16)).astype(dtype))
+
+
 @pytest.mark.parametrize('nq,nk', [(197, 197), (1, 50)])
 def test_head_major_attention_equals_jax(nq, nk):
-  keys = jax.random.split(jax.random.key(0), 3)
-  q = jax.random.normal(keys[0], (2, nq, 3, 16))
-  k = jax.random.normal(keys[1], (2, nk, 3, 16))
-  v = jax.random.normal(keys[2], (2, nk, 3, 16))
+  q, k, v = _qkv(nq, nk)
   y, w = vit._head_major_attention(q, k, v, lambda w: w)  # pylint: disable=protected-access
-  np.testing.assert_allclose(
-      y, jax.nn.dot_product_attention(q, k, v, implementation='xla'),
-      rtol=1e-5, atol=1e-5)
+  ref = jax.nn.dot_product_attention(q, k, v, implementation='xla')
+  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(vit.dot_product_attention(q, k, v), ref,
+                             rtol=1e-5, atol=1e-5)
   assert w.shape == (2, 3, nq, nk) and w.dtype == jnp.float32
   np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
 
 
+def _attention_fns():
+  fns = {}
+  for key, value in PIECES:
+    if key == 'attention':
+      for gemm in ('off', 'on'):
+        kw = hooks.model_overrides({'attention': value, 'cpu_gemm': gemm},
+                                   'cpu', 1)
+        fns[f'{value}-cpu_gemm_{gemm}'] = kw['attention_fn']
+  return fns
+
+
+ATTENTION_FNS = _attention_fns()
+
+
+@pytest.mark.parametrize('name', sorted(ATTENTION_FNS))
 @pytest.mark.parametrize('nq,nk', [(197, 197), (1, 50)])
-def test_attention_gradient_equals_autodiff(nq, nk):
-  """The hand-written attention backward (FlashAttention's softmax gradient)
-  against autodiff through `_head_major_attention`; float32 and bfloat16."""
-  keys = jax.random.split(jax.random.key(0), 4)
-  q = jax.random.normal(keys[0], (2, nq, 3, 16))
-  k = jax.random.normal(keys[1], (2, nk, 3, 16))
-  v = jax.random.normal(keys[2], (2, nk, 3, 16))
-  g = jax.random.normal(keys[3], (2, nq, 3, 16))
-  ref = lambda q, k, v: vit._head_major_attention(q, k, v, lambda w: w)[0]  # pylint: disable=protected-access
-  ours = vit._head_major_attention_output  # pylint: disable=protected-access
+def test_attention_hooks_equal_the_default(name, nq, nk):
+  """Values and gradients (w.r.t. q, k, v) against autodiff of the model's
+  `dot_product_attention`; float32 and bfloat16."""
+  ours, ref = ATTENTION_FNS[name], vit.dot_product_attention
+  g = jax.random.normal(jax.random.key(3), (2, nq, 3, 16))
   for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
-    args = [t.astype(dtype) for t in (q, k, v)]
+    args = _qkv(nq, nk, dtype)
     loss = lambda f: lambda *a: jnp.sum(f(*a).astype(jnp.float32) * g)
     np.testing.assert_allclose(ours(*args).astype(jnp.float32),
                                ref(*args).astype(jnp.float32), rtol=0,
@@ -82,76 +103,31 @@ def test_attention_gradient_equals_autodiff(nq, nk):
           atol=tol * float(jnp.abs(want.astype(jnp.float32)).max()))
 
 
-@pytest.mark.parametrize('kernel,strides,size', [
-    ((1, 1), (1, 1), (8, 8)), ((1, 1), (2, 2), (7, 9)),
-    ((3, 3), (1, 1), (8, 8)), ((3, 3), (2, 2), (7, 9)),
-    ((7, 7), (2, 2), (15, 13)), ((3, 3), (2, 2), (8, 8))])
-@pytest.mark.parametrize('openblas', [False, True])
-def test_std_conv_matmul_equals_the_convolution(kernel, strides, size,
-                                                openblas):
-  """ResNet's StdConv runs as a matmul (im2col + XLA's product, or with the
-  OpenBLAS kernels the implicit-GEMM convolution): same output and gradients
-  as the convolution path (flax / XLA), 'SAME' padding, odd sizes included."""
-  from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
-  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
-  with cpu_gemm.use(openblas):
-    _check_std_conv(resnet, kernel, strides, size,
-                    openblas and kernel != (1, 1))
+CONV_MODES = [v for k, v in PIECES if k == 'conv']
 
 
-def _check_std_conv(resnet, kernel, strides, size, implicit_gemm):
-  class ConvPath(resnet.StdConv):
-    def _as_matmul(self):
-      return False
-
-  x = jax.random.normal(jax.random.key(0), (2, *size, 16))
-  fast = resnet.StdConv(32, kernel, strides, use_bias=False)
-  slow = ConvPath(32, kernel, strides, use_bias=False)
-  params = fast.init(jax.random.key(1), x)
-  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
-      jnp.shape, slow.init(jax.random.key(1), x))
-  from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
-  jaxpr = str(jax.make_jaxpr(jax.grad(
-      lambda p: jnp.sum(fast.apply(p, x))))(params))
-  assert (cpu_gemm.CONV_TARGET in jaxpr) == implicit_gemm
-  assert (cpu_gemm.CONV_KERNEL_GRAD_TARGET in jaxpr) == implicit_gemm
-  ref = slow.apply(params, x)
-  np.testing.assert_allclose(fast.apply(params, x), ref, rtol=0,
-                             atol=1e-5 * float(jnp.abs(ref).max()))
-  grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2),
-                            argnums=(0, 1))(params, x)
-  (g_fast, dx_fast), (g_slow, dx_slow) = grad(fast), grad(slow)
-  np.testing.assert_allclose(dx_fast, dx_slow, rtol=0,
-                             atol=1e-5 * float(jnp.abs(dx_slow).max()))
-  g_fast, g_slow = g_fast['params']['kernel'], g_slow['params']['kernel']
-  # Weight standardization sums terms of ~1e3 into ~1: compare at float32
-  # rounding of the largest entry.
-  np.testing.assert_allclose(g_fast, g_slow, rtol=0,
-                             atol=1e-5 * float(jnp.abs(g_slow).max()))
-  assert float(jnp.abs(g_slow).max()) > 1.0
-
-
-@pytest.mark.parametrize('kernel,strides,padding', [
-    ((3, 3), (1, 1), 'VALID'), ((2, 2), (1, 1), 'SAME'),
-    ((2, 3), (1, 1), 'VALID'), ((3, 3), (2, 2), 'VALID')])
-def test_cpu_conv_gradients_equal_autodiff_of_xla(kernel, strides, padding):
-  """`resnet._conv_cpu` (the OpenBLAS implicit-GEMM convolution, whose input
-  gradient at stride 1 is the flipped forward) against XLA's convolution and
-  its autodiff, for paddings the models do not use: 'VALID', and the
-  asymmetric 'SAME' of an even kernel."""
-  from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
-  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize('mode', CONV_MODES)
+@pytest.mark.parametrize('kernel,strides,size,padding', [
+    ((1, 1), (1, 1), (8, 8), 'SAME'), ((1, 1), (2, 2), (7, 9), 'SAME'),
+    ((3, 3), (1, 1), (8, 8), 'SAME'), ((3, 3), (2, 2), (7, 9), 'SAME'),
+    ((7, 7), (2, 2), (15, 13), 'SAME'), ((3, 3), (2, 2), (8, 8), 'SAME'),
+    ((3, 3), (1, 1), (9, 8), 'VALID'), ((2, 2), (1, 1), (9, 8), 'SAME'),
+    ((2, 3), (1, 1), (9, 8), 'VALID'), ((3, 3), (2, 2), (9, 8), 'VALID'),
+    ((3, 3), (1, 1), (8, 8), ((2, 0), (1, 1)))])
+def test_conv_hooks_equal_lax(mode, kernel, strides, size, padding):
+  """`conv_general_dilated` hooks against lax's convolution and its
+  autodiff: values, input and kernel gradients ('SAME' with odd sizes and
+  even kernels, 'VALID', explicit padding)."""
+  conv = hooks.model_overrides({'conv': mode}, 'cpu', 1)[
+      'conv_general_dilated']
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (2, 9, 8, 5))
+  x = jax.random.normal(kx, (2, *size, 5))
   w = jax.random.normal(kk, (*kernel, 5, 7))
+  dn = ('NHWC', 'HWIO', 'NHWC')
   ref = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      precision='highest')
-  conv_cpu = resnet._conv_cpu  # pylint: disable=protected-access
-  with cpu_gemm.use(True):
-    ours = lambda x, w: conv_cpu(x, w, strides, padding)
-    y, vjp = jax.vjp(ours, x, w)
-    assert cpu_gemm.CONV_TARGET in str(jax.make_jaxpr(ours)(x, w))
+      x, w, strides, padding, dimension_numbers=dn, precision='highest')
+  ours = lambda x, w: conv(x, w, strides, padding, dimension_numbers=dn)
+  y, vjp = jax.vjp(ours, x, w)
   y_ref, vjp_ref = jax.vjp(ref, x, w)
   np.testing.assert_allclose(y, y_ref, rtol=0,
                              atol=1e-5 * float(jnp.abs(y_ref).max()))
@@ -161,15 +137,34 @@ def test_cpu_conv_gradients_equal_autodiff_of_xla(kernel, strides, padding):
                                atol=1e-5 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.parametrize('mode', CONV_MODES)
+def test_conv_hooks_pass_other_convolutions_to_lax(mode):
+  """Grouped or dilated convolutions are lax's own (same result)."""
+  conv = hooks.model_overrides({'conv': mode}, 'cpu', 1)[
+      'conv_general_dilated']
+  x = jax.random.normal(jax.random.key(0), (1, 9, 9, 4))
+  for w, kw in ((jax.random.normal(jax.random.key(1), (3, 3, 2, 4)),
+                 dict(feature_group_count=2)),
+                (jax.random.normal(jax.random.key(1), (3, 3, 4, 4)),
+                 dict(rhs_dilation=(2, 2)))):
+    args = (x, w, (1, 1), 'SAME')
+    kw = dict(kw, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    np.testing.assert_array_equal(
+        conv(*args, **kw), jax.lax.conv_general_dilated(*args, **kw))
+
+
+@pytest.mark.skipif(('group_norm', 'two_stage') not in PIECES,
+                    reason='no group_norm piece')
 @pytest.mark.parametrize('shape,dtype', [
     ((2, 8, 8, 64), jnp.float32), ((3, 5, 7, 32), jnp.float32),
     ((2, 4, 4, 256), jnp.float32), ((2, 6, 6, 64), jnp.bfloat16)])
-def test_group_norm_equals_flax(shape, dtype):
-  """ResNet's two-stage GroupNorm: flax's parameters, outputs, gradients
-  (w.r.t. input, scale and bias) and output dtype."""
-  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+def test_group_norm_hook_equals_flax(shape, dtype):
+  """The two-stage GroupNorm: flax's parameters, outputs, gradients (w.r.t.
+  input, scale and bias) and output dtype."""
+  cls = hooks.model_overrides({'group_norm': 'two_stage'}, 'cpu', 1)[
+      'group_norm_cls']
   x = (jax.random.normal(jax.random.key(0), shape) * 3 + 1).astype(dtype)
-  ours, ref = resnet.GroupNorm(), nn.GroupNorm()
+  ours, ref = cls(dtype=dtype), nn.GroupNorm(dtype=dtype)
   params = ours.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(
       jnp.shape, ref.init(jax.random.key(1), x))
@@ -188,44 +183,85 @@ def test_group_norm_equals_flax(shape, dtype):
   for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
     np.testing.assert_allclose(g, g_ref, rtol=0,
                                atol=1e-5 * float(jnp.abs(g_ref).max()))
-  assert resnet.GroupNorm(dtype=jnp.bfloat16).apply(
-      params, x).dtype == jnp.bfloat16
-  with pytest.raises(ValueError, match='48 channels'):
-    resnet.GroupNorm().init(jax.random.key(0), jnp.zeros((1, 2, 2, 48)))
 
 
-def test_std_conv_keeps_native_convolutions_off_cpu(monkeypatch):
-  """On GPU/TPU only 1x1 StdConvs become matmuls (im2col costs memory)."""
-  from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
-  assert resnet.StdConv(8, (3, 3))._as_matmul()  # pylint: disable=protected-access
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert not resnet.StdConv(8, (3, 3))._as_matmul()  # pylint: disable=protected-access
-  assert resnet.StdConv(8, (1, 1), (2, 2))._as_matmul()  # pylint: disable=protected-access
-
-
+@pytest.mark.skipif(('weight_std', 'custom_grad') not in PIECES,
+                    reason='no weight_std piece')
 @pytest.mark.parametrize('shape', [(3, 3, 16, 8), (1, 1, 64, 32),
                                    (7, 7, 3, 16)])
-def test_weight_standardization_gradient_is_the_autodiff_one(shape):
-  """StdConv's hand-written weight-standardization backward equals autodiff
-  of (w - mean) / (std + eps) (float64), and stays finite on a constant
-  output column, where autodiff's is NaN."""
+def test_weight_std_hook_gradient_is_the_autodiff_one(shape):
+  """The hand-written weight-standardization backward equals autodiff of
+  the model's (w - mean) / (std + eps) (float64)."""
   from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
-
-  def reference(w):
-    w = w - jnp.mean(w, axis=(0, 1, 2))
-    return w / (jnp.std(w, axis=(0, 1, 2)) + 1e-5)
-  ours = lambda w: resnet.weight_standardize(w, axis=[0, 1, 2], eps=1e-5)
+  fn = hooks.model_overrides({'weight_std': 'custom_grad'}, 'cpu', 1)[
+      'weight_standardize']
+  ours = lambda w: fn(w, axis=[0, 1, 2], eps=1e-5)
+  ref = lambda w: resnet.weight_standardize(w, axis=[0, 1, 2], eps=1e-5)
   with jax.enable_x64():
     w = jax.random.normal(jax.random.key(0), shape, jnp.float64) * 0.3 + 0.1
     g = jax.random.normal(jax.random.key(1), shape, jnp.float64)
-    (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, w), jax.vjp(reference, w)
+    (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, w), jax.vjp(ref, w)
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=0, atol=1e-12)
     assert float(jnp.abs(vjp(g)[0]).max()) > 1e-3
-    flat = w.at[..., 0].set(0.5)  # column 0 constant
-    grad = jax.vjp(ours, flat)[1](g)[0]
-    grad_ref = jax.vjp(reference, flat)[1](g)[0]
-    assert bool(jnp.isnan(grad_ref[..., 0]).any())
-    assert bool(jnp.isfinite(grad).all())
-    np.testing.assert_allclose(grad[..., 1:], grad_ref[..., 1:], rtol=0,
-                               atol=1e-9)
+
+
+# Small members of each family: (name, image size, constructor overrides).
+MODELS = [('mu/16', 32, {}), ('R26+S/32', 64, dict(num_layers=1)),
+          ('Mixer-mu_16', 32, {}), ('BiT-R8', 32, {})]
+
+
+def _randomized(model, size):
+  x = jnp.zeros((1, size, size, 3))
+  params = jax.jit(model.init)(jax.random.key(0), x)
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  return jax.tree.unflatten(tree, [
+      l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize('name,size,kw', MODELS, ids=[m[0] for m in MODELS])
+def test_models_exact_with_every_piece(name, size, kw, fast_compile):
+  """Each piece that applies to the model, on alone and all together,
+  against the stock model: logits and parameter gradients."""
+  del fast_compile
+  stock = models.get_model(name, num_classes=10, **kw)
+  params = _randomized(stock, size)
+  x = jax.random.uniform(jax.random.key(2), (2, size, size, 3), minval=-1)
+  loss = lambda m: jax.jit(jax.value_and_grad(
+      lambda p: jnp.sum(jnp.sin(m.apply(p, x)))))
+  ref_logits = jax.jit(stock.apply)(params, x)
+  ref_loss, ref_grads = loss(stock)(params)
+  applicable = [dict([piece]) for piece in PIECES
+                if hooks.model_overrides(dict([piece]), 'cpu', 1, name)]
+  assert applicable, name
+  everything = {}
+  for perf in applicable:
+    everything.setdefault(*next(iter(perf.items())))
+  for perf in applicable + [everything]:
+    model = stock.clone(**hooks.model_overrides(perf, 'cpu', 1, name))
+    logits = jax.jit(model.apply)(params, x)
+    scale = float(jnp.abs(ref_logits).max())
+    np.testing.assert_allclose(logits, ref_logits, rtol=0,
+                               atol=1e-5 * scale, err_msg=str(perf))
+    value, grads = loss(model)(params)
+    np.testing.assert_allclose(value, ref_loss, rtol=1e-5)
+    gscale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grads))
+    for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads),
+                                jax.tree.leaves(ref_grads)):
+      # relative to the leaf, and to the model's largest gradient (a key
+      # bias's gradient is 0 up to rounding: softmax ignores it)
+      atol = 1e-4 * float(jnp.abs(g_ref).max()) + 1e-6 * gscale
+      np.testing.assert_allclose(
+          g, g_ref, rtol=0, atol=atol,
+          err_msg=f'{perf} {jax.tree_util.keystr(path)}')
+
+
+def test_stock_models_are_equal_and_hooks_change_equality():
+  """Equal settings give equal (hashable, jit-cache-sharing) models."""
+  a = models.get_model('mu/16', **hooks.model_overrides(
+      {'attention': 'cudnn'}, 'gpu', 1, 'mu/16'))
+  b = models.get_model('mu/16', **hooks.model_overrides(
+      {'attention': 'cudnn'}, 'gpu', 1, 'mu/16'))
+  assert a == b and hash(a) == hash(b)
+  assert a != models.get_model('mu/16')

@@ -8,6 +8,10 @@ matching timm model, and compare logits on the same input.
 Like with like: our default MLP activation is the tanh-form GELU of the
 official code (`flax.linen.gelu`), so timm runs with `act_layer='gelu_tanh'`;
 our `mlp_activation='gelu_erf'` is compared with timm's default `nn.GELU`.
+
+Our models are built as a run on a one-device CPU builds them: with the
+computation hooks of the default `config.perf` there (`vit_jax.perf.hooks`;
+tests/models/test_fast_paths.py checks every other piece against these).
 """
 
 import jax
@@ -17,12 +21,18 @@ import pytest
 
 from vit_jax.checkpoints import npz
 from vit_jax import models
-from vit_jax.perf import cpu_gemm
 from vit_jax.perf import flops
+from vit_jax.perf import hooks
 
 torch = pytest.importorskip('torch')
 timm = pytest.importorskip('timm')
 torch.set_num_threads(2)
+
+
+def get_model(name, **kw):
+  """The model with the default `config.perf` hooks of a one-device CPU."""
+  return models.get_model(name, **hooks.model_overrides({}, 'cpu', 1, name),
+                          **kw)
 
 
 def randomized_params(model, image_size, seed=0):
@@ -48,7 +58,6 @@ def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2,
   timm_model.eval()
   x = np.random.RandomState(0).uniform(
       -1, 1, (batch, image_size, image_size, 3)).astype(np.float32)
-  # A fresh function each time: traced now, with the matmuls `cpu_gemm` picks.
   ours = np.asarray(jax.jit(lambda p, x: model.apply(p, x))(
       {'params': params}, x))
   with torch.no_grad():
@@ -80,34 +89,18 @@ VIT_CASES = [
 @pytest.mark.parametrize('name,timm_name,size,ours_kw,timm_kw', VIT_CASES,
                          ids=[c[0] for c in VIT_CASES])
 def test_logits_match_timm(tmp_path, name, timm_name, size, ours_kw, timm_kw):
-  model = models.get_model(name.removesuffix('-erf'), num_classes=1000,
+  model = get_model(name.removesuffix('-erf'), num_classes=1000,
                            **ours_kw)
   timm_model = timm.create_model(timm_name, pretrained=False,
                                  num_classes=1000, **timm_kw)
   compare_with_timm(tmp_path, model, timm_model, size)
 
 
-@pytest.mark.parametrize('name,timm_name', [
-    ('Ti/16', 'vit_tiny_patch16_224'), ('R26+S/32', 'vit_small_r26_s32_224')])
-def test_logits_match_timm_with_the_openblas_kernel(tmp_path, name,
-                                                    timm_name):
-  """The same parity with every fp32 product through `cpu_gemm` (this process
-  has 8 devices, where it is off unless forced)."""
-  model = models.get_model(name, num_classes=1000)
-  with cpu_gemm.use(True):
-    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    assert cpu_gemm.TARGET in str(jax.make_jaxpr(model.apply)(variables, x))
-    compare_with_timm(tmp_path, model,
-                      timm.create_model(timm_name, pretrained=False,
-                                        num_classes=1000, **TANH), 224)
-
-
 @pytest.mark.parametrize('ours_kw,timm_kw', [({}, TANH), (ERF, {})],
                          ids=['gelu_tanh', 'gelu_erf'])
 def test_map_head_matches_timm(tmp_path, ours_kw, timm_kw):
   """Attention-pooling head (big_vision MAPHead = timm AttentionPoolLatent)."""
-  model = models.get_model('S/16', classifier='map', num_classes=10,
+  model = get_model('S/16', classifier='map', num_classes=10,
                            **ours_kw)
   timm_model = timm.models.VisionTransformer(
       img_size=64, patch_size=16, embed_dim=384, depth=12, num_heads=6,
@@ -117,7 +110,7 @@ def test_map_head_matches_timm(tmp_path, ours_kw, timm_kw):
 
 def test_timm_parity_catches_a_small_difference(tmp_path):
   """The comparison is sharp: a 1 % change of one LayerNorm scale fails it."""
-  model = models.get_model('mu/16', num_classes=10)
+  model = get_model('mu/16', num_classes=10)
   timm_model = timm.models.VisionTransformer(
       img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2,
       mlp_ratio=4, num_classes=10, **TANH)
@@ -135,7 +128,7 @@ def test_timm_parity_catches_a_small_difference(tmp_path):
                          ids=['gelu_tanh', 'gelu_erf'])
 def test_mixer_matches_timm(ours_kw, timm_kw):
   """timm has no `.npz` reader for Mixer: map the official keys by hand."""
-  model = models.get_model('Mixer-B_16', num_blocks=2, num_classes=10,
+  model = get_model('Mixer-B_16', num_blocks=2, num_classes=10,
                            **ours_kw)
   size = 64
   params = randomized_params(model, size)

@@ -15,11 +15,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit_jax.perf import bench
-from vit_jax.perf import inference_time
 from vit_jax import models
+from vit_jax.perf import attention
+from vit_jax.perf import bench
 from vit_jax.perf import flops
-from vit_jax.models import vit
+from vit_jax.perf import hooks
+from vit_jax.perf import inference_time
 
 from tests.conftest import REPO
 TINY = dict(resolution=32, batch=2, steps=1, warmup=0, peak_tflops=0.1)
@@ -43,6 +44,56 @@ def test_bench_run_consistent(mode):
   assert r.tflops == pytest.approx(r.flops_per_img * r.img_per_s / 1e12)
   assert r.mfu == pytest.approx(r.tflops / 0.1)
   assert r.compile_s > 0 and r.device_peak_bytes > 0
+
+
+def test_bench_perf_settings(capsys):
+  """--perf reaches the model through the seam and is recorded resolved."""
+  r = bench.run('mu/16', mode='infer', log=lambda s: None,
+                perf=bench.parse_perf('attention=xla,microbatches=2'), **TINY)
+  assert r.perf['attention'] == 'xla' and r.microbatches == 2
+  assert r.perf['cpu_gemm'] in ('on', 'off')  # 'auto' resolved
+  assert bench.main(['--model=mu/16', '--resolution=32', '--batch=2',
+                     '--steps=1', '--warmup=0', '--peak_tflops=0.1',
+                     '--perf=attention=fast']) == 1
+  err = capsys.readouterr().err.strip()
+  assert err == ("error: --perf.attention='fast'; allowed: auto, "
+                 + ', '.join(hooks.CHOICES['attention'][1:]))
+
+
+def test_perf_defaults_script_tiny(tmp_path, capsys):
+  """Every combination timed alternating, in two allocator settings (each
+  its own process); rows and the printed table agree."""
+  mod = _script('perf_defaults')
+  out = tmp_path / 'rows.json'
+  assert mod.main(['--cases=tiny', '--modes=infer', '--rounds=2',
+                   '--pieces=attention', '--allocators=default,mallopt',
+                   f'--json={out}']) == 0
+  rows = json.loads(out.read_text())
+  combos = mod.combinations('vit', ['attention'], 16)
+  assert [c['attention'] for c in combos] == list(mod.PIECES['attention'])
+  assert len(rows) == 2 * len(combos)
+  assert {r['allocator'] for r in rows} == {'default', 'mallopt'}
+  for r in rows:
+    assert len(r['step_s']) == 2 and r['img_per_s'] > 0
+    assert r['img_per_s'] == pytest.approx(
+        r['batch'] / np.median(r['step_s']))
+  stock = [r for r in rows if r['label'] == 'stock'
+           and r['allocator'] == 'default']
+  assert stock[0]['ratio_to_stock'] == pytest.approx(1.0)
+  table = capsys.readouterr().out
+  assert 'attention=xla' in table and '<- fastest' in table
+
+
+def test_perf_defaults_design():
+  mod = _script('perf_defaults')
+  full = mod.combinations('vit', None, 16)
+  assert len(full) == 12 and full[0] == {'cpu_gemm': 'off',
+                                         'attention': 'einsum',
+                                         'microbatches': 1}
+  ablation = mod.combinations('hybrid', None, 16)
+  assert ablation[0] == {p: v[0] for p, v in mod.PIECES.items()}
+  assert mod.LEGACY in ablation and len(ablation) < 30
+  assert mod.combinations('vit', [], 16) == [{}]
 
 
 def test_bench_cli_bad_mode_one_line(capsys):
@@ -82,9 +133,13 @@ def test_cudnn_padding_is_exact(monkeypatch):
       jax.nn, 'dot_product_attention',
       lambda *a, implementation=None, **kw: orig(*a, implementation='xla',
                                                  **kw))
-  out = vit._cudnn_attention(q, k, v)  # pylint: disable=protected-access
-  assert out.shape == ref.shape
-  np.testing.assert_allclose(out, ref, atol=1e-5)
+  for multiple in (8, 64, 1):  # 1: no padding
+    out = attention.cudnn(multiple)(q, k, v)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+  one = attention.cudnn(8)(q[:, :1], k, v)  # a single query: no cuDNN call
+  np.testing.assert_allclose(
+      one, jax.nn.dot_product_attention(q[:, :1], k, v), atol=1e-5)
 
 
 @pytest.mark.parametrize('timm_process', ['auto', 'same'])

@@ -42,7 +42,7 @@ def test_resolve():
   assert microbatch.resolve(2, 'infer', 32, [CPU], resolution=384) == 2
   # Explicit values are kept, on any device.
   assert microbatch.resolve(8, 'infer', 32, [GPU]) == 8
-  with pytest.raises(ValueError, match='parallel_microbatches=3 does not '
+  with pytest.raises(ValueError, match='perf.microbatches=3 does not '
                      'divide the batch of 32'):
     microbatch.resolve(3, 'train', 32, [CPU])
   with pytest.raises(ValueError, match='must be >= 0'):

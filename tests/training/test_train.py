@@ -94,13 +94,13 @@ def test_gradient_accumulation_equals_big_batch(reference, tmp_path):
   assert_trees_close(jax.device_get(state.params), params_1)
 
 
-def test_parallel_microbatches_equal_one_batch(tmp_path):
-  """Independent micro-batches (vit_jax.perf.microbatch) change nothing but the
+def test_perf_microbatches_equal_one_batch(tmp_path):
+  """Independent micro-batches (config.perf.microbatches) change nothing but the
   summation order, also with dropout on (masks folded per micro-batch)."""
   one = jax.devices()[:1]
 
   def config(k, dropout):
-    c = train_config(parallel_microbatches=k)
+    c = train_config(**{'perf.microbatches': k})
     if dropout:
       with c.unlocked():
         c.model.dropout_rate = dropout

@@ -87,6 +87,15 @@ def read_workdir_name(path: str) -> str:
     return json.load(f)['model_name']
 
 
+def run_hooks(name: str) -> dict:
+  """The computation hooks of the default `config.perf` on this machine
+  (`vit_jax.perf.hooks.model_overrides`), for models that are run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import hooks  # pylint: disable=g-import-not-at-top
+  return hooks.model_overrides({}, jax.default_backend(), jax.device_count(),
+                               name)
+
+
 def build(name: Optional[str], path: Optional[str] = None, **overrides):
   """The model alone (no parameters; head width left at its default).
 
@@ -131,7 +140,11 @@ def load(name: Optional[str], path: Optional[str], image_size: Sequence[int],
   if (path is not None and '://' not in path and not os.path.isfile(path)
       and not os.path.isdir(path)):
     raise validate.AnalysisError(f'no such checkpoint file or workdir: {path}')
+  if name is None and path is not None and os.path.isdir(path):
+    name = read_workdir_name(path)
   try:
+    if name is not None:  # the computation hooks for this machine
+      overrides = {**run_hooks(name), **overrides}
     return scan.unrolled(*pretrained.load_model(
         name, path, image_size, num_classes, seed, **overrides))
   except ValueError as e:

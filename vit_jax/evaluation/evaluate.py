@@ -20,18 +20,18 @@ from vit_jax.perf import microbatch
 
 
 def make_eval_step(model, param_shardings, batch_sharding,
-                   replicated, parallel_microbatches: int = 1) -> Callable:
+                   replicated, microbatches: int = 1) -> Callable:
   """jit(params, batch) -> sums {correct1, correct5, loss, count}.
 
   `batch` holds 'image' [B, H, W, 3], 'label' [B] int32, 'mask' [B] bool.
-  The forward runs as `parallel_microbatches` independent parts
-  (`vit_jax.perf.microbatch`; same logits).
+  The forward runs as `microbatches` independent parts
+  (`vit_jax.perf.microbatch`, `config.perf.microbatches`; same logits).
   """
 
   def eval_step(params, batch):
     logits = microbatch.map_batch(
         lambda x: model.apply({'params': params}, x, train=False),
-        batch['image'], parallel_microbatches)
+        batch['image'], microbatches)
     logits = logits.astype(jnp.float32)
     labels, mask = batch['label'], batch['mask'].astype(jnp.float32)
     k = min(5, logits.shape[-1])

@@ -14,17 +14,18 @@ scale` [L, C]; `.npz` files keep `MixerBlock_{i}`), run as one `nn.scan`
 """
 
 import functools
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from vit_jax.perf import cpu_gemm
 from vit_jax.models import gelu
 from vit_jax.models import patchify
 from vit_jax.models import scan
 
 Dtype = jnp.dtype
+DotGeneral = Optional[Callable[..., jax.Array]]  # flax's hook; None: lax's
 
 # hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim (Mixer paper table 1)
 VARIANTS = {
@@ -41,16 +42,17 @@ VARIANTS = {
 
 class MlpBlock(nn.Module):
   """Dense -> GELU (`activation`, see `vit_jax.models.gelu`) -> Dense back
-  to the input width."""
+  to the input width; `dot_general` is the dense layers' product."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   activation: str = gelu.DEFAULT
+  dot_general: DotGeneral = None
 
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-              dot_general=cpu_gemm.dot_general)
+              dot_general=self.dot_general)
     y = nn.Dense(self.mlp_dim, name='Dense_0', **kw)(x)
     y = gelu.get(self.activation)(y)
     return nn.Dense(x.shape[-1], name='Dense_1', **kw)(y)
@@ -63,11 +65,13 @@ class MixerBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   mlp_activation: str = gelu.DEFAULT
+  dot_general: DotGeneral = None
 
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    mlp = functools.partial(MlpBlock, activation=self.mlp_activation, **kw)
+    mlp = functools.partial(MlpBlock, activation=self.mlp_activation,
+                            dot_general=self.dot_general, **kw)
     y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
     y = jnp.swapaxes(y, 1, 2)  # [B, C, N]
     y = mlp(self.tokens_mlp_dim, name='token_mixing')(y)
@@ -84,6 +88,8 @@ class MlpMixer(nn.Module):
 
   `mlp_activation`: 'gelu_tanh' (the official code's `flax.linen.gelu`, which
   trained the released checkpoints) or 'gelu_erf' (`vit_jax.models.gelu`).
+  `dot_general`: every dense layer's and the stem's product (flax's hook;
+  None: `lax.dot_general`; `vit_jax.perf.hooks` sets it from `config.perf`).
   """
   num_classes: Optional[int] = 1000
   patch_size: Sequence[int] = (16, 16)
@@ -97,6 +103,7 @@ class MlpMixer(nn.Module):
   mlp_activation: str = gelu.DEFAULT
   scan_layers: bool = False
   remat_policy: str = 'none'
+  dot_general: DotGeneral = None
 
   def total_stride(self) -> tuple[int, int]:
     return tuple(self.patch_size)
@@ -110,12 +117,14 @@ class MlpMixer(nn.Module):
     del train  # Mixer has no dropout here
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = patchify.PatchEmbed(self.hidden_dim, tuple(self.patch_size),
-                            name='stem', **kw)(images.astype(self.dtype))
+                            dot_general=self.dot_general, name='stem',
+                            **kw)(images.astype(self.dtype))
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h * w, c))
     block_kw = dict(tokens_mlp_dim=self.tokens_mlp_dim,
                     channels_mlp_dim=self.channels_mlp_dim,
-                    mlp_activation=self.mlp_activation, **kw)
+                    mlp_activation=self.mlp_activation,
+                    dot_general=self.dot_general, **kw)
     policy = scan.remat_policy(self.remat_policy)
     if self.scan_layers:
       x = scan.BlockStack(MixerBlock, block_kw, self.num_blocks, 'MixerBlock',
@@ -131,5 +140,5 @@ class MlpMixer(nn.Module):
     if self.num_classes:
       x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
                    bias_init=nn.initializers.constant(self.head_bias_init),
-                   name='head', **kw)(x)
+                   dot_general=self.dot_general, name='head', **kw)(x)
     return x

@@ -10,13 +10,12 @@ whole patch are dropped, as VALID padding does) and each flattened patch
 ViT-S/16 at 224 px (measured in docs/performance.md), and exact in fp32.
 """
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
-
-from vit_jax.perf import cpu_gemm
 
 
 def patches(x: jax.Array, patch: Sequence[int]) -> jax.Array:
@@ -35,11 +34,14 @@ class PatchEmbed(nn.Module):
   Attributes:
     features: embedding width D.
     patch_size: (ph, pw), kernel size and stride in pixels.
+    dot_general: the product (flax's `dot_general=` hook of dense layers;
+      None: `lax.dot_general`).
   """
   features: int
   patch_size: Sequence[int]
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  dot_general: Optional[Callable[..., jax.Array]] = None
 
   @nn.compact
   def __call__(self, x):
@@ -54,4 +56,5 @@ class PatchEmbed(nn.Module):
     if (ph, pw) != (1, 1):
       x = patches(x, (ph, pw))
     w = kernel.reshape(ph * pw * c, self.features)
-    return cpu_gemm.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+    dot_general = self.dot_general or lax.dot_general
+    return dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ()))) + bias

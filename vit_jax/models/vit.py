@@ -18,14 +18,12 @@ Intermediates. Applied with `mutable=['intermediates']` the model records
 """
 
 import functools
-import os
-from typing import Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.perf import cpu_gemm
 from vit_jax.models import gelu
 from vit_jax.models import patchify
 from vit_jax.models import resnet
@@ -36,6 +34,11 @@ CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
 ClsInsertMode = Literal['alone', 'raw']
 CLS_INSERT_MODES = ('alone', 'raw')
 Dtype = jnp.dtype
+# flax's `dot_general=` / `conv_general_dilated=` hooks (None: lax's own).
+DotGeneral = Optional[Callable[..., jax.Array]]
+ConvGeneralDilated = Optional[Callable[..., jax.Array]]
+# (q [B, Nq, h, d], k [B, Nk, h, d], v [B, Nk, h, d]) -> [B, Nq, h, d].
+AttentionFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 # Hidden size, MLP size, heads, layers of the standard sizes (ViT paper table 1;
 # Ti and S from DeiT / AugReg; g, G from Zhai et al. 2022 "Scaling Vision
@@ -73,6 +76,7 @@ class MlpBlock(nn.Module):
     dropout_rate: dropout after the GELU and after the output projection.
     activation: 'gelu_tanh' (as the released checkpoints) or 'gelu_erf'
       (`vit_jax.models.gelu`).
+    dot_general: the dense layers' product (flax's hook; None: lax's).
   """
   mlp_dim: int
   out_dim: Optional[int] = None
@@ -80,12 +84,13 @@ class MlpBlock(nn.Module):
   activation: str = gelu.DEFAULT
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  dot_general: DotGeneral = None
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool = True):
     dense = functools.partial(
         nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-        dot_general=cpu_gemm.dot_general,
+        dot_general=self.dot_general,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     h = dense(self.mlp_dim, name='Dense_0')(x)
@@ -96,41 +101,15 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
 
-# cuDNN flash attention rejects some sequence lengths (e.g. ViT's 197 in
-# training); sequences are zero-padded to a multiple of this and the padding
-# is masked out of the keys ($VIT_JAX_CUDNN_SEQ_MULTIPLE overrides).
-CUDNN_SEQ_MULTIPLE = int(os.environ.get('VIT_JAX_CUDNN_SEQ_MULTIPLE', '8'))
-
-
-def _cudnn_attention(q, k, v):
-  """cuDNN attention of q [B, Nq, h, d], k, v [B, Nk, h, d] -> [B, Nq, h, d].
-
-  Pads Nq and Nk up to a multiple of `CUDNN_SEQ_MULTIPLE`, masks padded keys
-  via the sequence lengths, and drops the padded queries: the same function
-  as unpadded attention.
-  """
-  b, nq, nk = q.shape[0], q.shape[1], k.shape[1]
-  pad = lambda n: -n % CUDNN_SEQ_MULTIPLE
-  if not pad(nq) and not pad(nk):
-    return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
-  widths = lambda n: ((0, 0), (0, pad(n)), (0, 0), (0, 0))
-  q, k, v = (jnp.pad(q, widths(nq)), jnp.pad(k, widths(nk)),
-             jnp.pad(v, widths(nk)))
-  y = jax.nn.dot_product_attention(
-      q, k, v, query_seq_lengths=jnp.full((b,), nq, jnp.int32),
-      key_value_seq_lengths=jnp.full((b,), nk, jnp.int32),
-      implementation='cudnn')
-  return y[:, :nq]
-
-
 def _head_major(t):
   """[B, N, h, d] <-> [B, h, N, d]."""
   return t.transpose(0, 2, 1, 3)
 
 
 def _attention_forward(q, k, v, dropout=None):
-  """(softmax(q k^T) v, float32 weights) for head-major [B, h, N, d] (q
-  already scaled); `dropout`, if given, is applied to the weights before v."""
+  """(softmax(q k^T) v, float32 weights [B, h, Nq, Nk]) for head-major
+  q [B, h, Nq, d] (already scaled), k, v [B, h, Nk, d]; `dropout`, if
+  given, is applied to the weights before v."""
   logits = jnp.einsum('bhqd,bhkd->bhqk', q, k,
                       preferred_element_type=jnp.float32)
   p = jax.nn.softmax(logits, axis=-1)
@@ -142,11 +121,8 @@ def _head_major_attention(q, k, v, dropout):
   """softmax(q k^T / sqrt(d)) v for q [B, Nq, h, d], k, v [B, Nk, h, d].
 
   Returns (output [B, Nq, h, d], float32 weights [B, h, Nq, Nk]). Computed
-  head-major ([B, h, N, d]): XLA:CPU runs these batched matmuls 3-4x faster
-  than with the head axis between the sequence and feature axes (the layout
-  of `jax.nn.dot_product_attention`'s XLA path; ViT-S/16 at batch 32: 96 ->
-  26 ms); see docs/performance.md.
-  Logits and softmax are float32; `dropout` is applied to the weights.
+  head-major ([B, h, N, d]). Logits and softmax are float32; `dropout`
+  (or None) is applied to the weights.
   """
   q, k, v = (_head_major(t) for t in (q, k, v))
   q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
@@ -154,69 +130,31 @@ def _head_major_attention(q, k, v, dropout):
   return _head_major(y), w
 
 
-@jax.custom_vjp
-def _attention_core(q, k, v):
-  return _attention_core_fwd(q, k, v)[0]
+def dot_product_attention(q, k, v):
+  """softmax(q k^T / sqrt(d)) v of q [B, Nq, h, d], k, v [B, Nk, h, d]
+  -> [B, Nq, h, d]: `_head_major_attention` without dropout and weights.
 
-
-def _attention_core_fwd(q, k, v):
-  """`_attention_forward` without dropout, its products through
-  `cpu_gemm.batched_matmul` (OpenBLAS on a CPU; else XLA's)."""
-  logits = cpu_gemm.batched_matmul(q, k, trans_b=True,
-                                   preferred_element_type=jnp.float32)
-  p = jax.nn.softmax(logits, axis=-1)
-  y = cpu_gemm.batched_matmul(p.astype(v.dtype), v)
-  return y, (q, k, v, p, y)
-
-
-def _attention_core_bwd(res, dy):
-  """The softmax gradient as FlashAttention writes it: ds = p * (dp - delta)
-  with delta = rowsum(dy * y) ([B, h, N] from [B, h, N, d]) instead of
-  autodiff's rowsum(dp * p) over [B, h, N, N], and without XLA:CPU's fusion of
-  that reduction into the dy v^T matmul."""
-  q, k, v, p, y = res
-  f32 = jnp.float32
-  bmm = cpu_gemm.batched_matmul
-  dv = bmm(p.astype(v.dtype), dy, trans_a=True)
-  dp = bmm(dy, v, trans_b=True, preferred_element_type=f32)
-  delta = jnp.sum(dy.astype(f32) * y.astype(f32), axis=-1, keepdims=True)
-  ds = (p * (dp - delta)).astype(q.dtype)
-  dq = bmm(ds, k)
-  dk = bmm(ds, q, trans_a=True)
-  return dq, dk, dv
-
-
-_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
-
-
-def _head_major_attention_output(q, k, v):
-  """`_head_major_attention` without dropout and without the weights, with a
-  hand-written gradient (`_attention_core_bwd`): ViT-Ti/16 attention forward +
-  backward 60 -> 52 ms per block at batch 32 on the 2-core CPU."""
-  q, k, v = (_head_major(t) for t in (q, k, v))
-  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
-  return _head_major(_attention_core(q, k, v))
+  The models' default `attention_fn`: exact, float32 softmax, plain autodiff.
+  """
+  return _head_major_attention(q, k, v, None)[0]
 
 
 class Attention(nn.Module):
   """Multi-head dot-product attention with the official parameter layout.
 
   `query`/`key`/`value` kernels are [D, heads, D/heads] and `out` is
-  [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. Softmax runs
-  in float32 whatever the compute dtype. `implementation=None` or 'xla': XLA,
-  `_head_major_attention_output` (hand-written gradient); 'cudnn': cuDNN flash
-  attention on GPU (bf16/fp16); a single query (the last block's class token,
-  see `EncoderBlock`) takes the XLA path. While intermediates are recorded or
-  attention dropout is active, which need the weights, both use
-  `_head_major_attention`. On a single-device CPU the projections and the
-  batched products of `_head_major_attention_output` are OpenBLAS calls
-  (`vit_jax.perf.cpu_gemm`).
+  [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. The
+  product of q, k, v is `attention_fn` (default `dot_product_attention`,
+  float32 softmax); while intermediates are recorded or attention dropout is
+  active, which need the weights, it is `_head_major_attention` whatever
+  `attention_fn` says. `dot_general` is the projections' product.
   """
   num_heads: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  implementation: Optional[str] = None
+  attention_fn: AttentionFn = dot_product_attention
+  dot_general: DotGeneral = None
 
   @nn.compact
   def __call__(self, x_q, x_kv=None, *, deterministic: bool = True):
@@ -228,17 +166,15 @@ class Attention(nn.Module):
     dense = functools.partial(
         nn.DenseGeneral, features=(self.num_heads, d // self.num_heads),
         dtype=self.dtype, param_dtype=self.param_dtype,
-        dot_general=cpu_gemm.dot_general,
+        dot_general=self.dot_general,
         kernel_init=nn.initializers.xavier_uniform())
     q = dense(name='query')(x_q)  # [B, Nq, h, d/h]
     k = dense(name='key')(x_kv)   # [B, Nk, h, d/h]
     v = dense(name='value')(x_kv)
     needs_weights = (self.is_mutable_collection('intermediates')
                      or (self.dropout_rate > 0 and not deterministic))
-    if self.implementation == 'cudnn' and q.shape[1] > 1 and not needs_weights:
-      y = _cudnn_attention(q, k, v)
-    elif not needs_weights:
-      y = _head_major_attention_output(q, k, v)
+    if not needs_weights:
+      y = self.attention_fn(q, k, v)
     else:
       y, w = _head_major_attention(
           q, k, v, functools.partial(nn.Dropout(self.dropout_rate),
@@ -246,7 +182,7 @@ class Attention(nn.Module):
       _record(self, 'attention', w)
     return nn.DenseGeneral(
         features=d, axis=(-2, -1), dtype=self.dtype,
-        param_dtype=self.param_dtype, dot_general=cpu_gemm.dot_general,
+        param_dtype=self.param_dtype, dot_general=self.dot_general,
         kernel_init=nn.initializers.xavier_uniform(), name='out')(y)
 
 
@@ -258,6 +194,7 @@ class EncoderBlock(nn.Module):
   query, and the output projection and MLP run on that row alone. The same
   function as the full block's row 0 (rows of a matmul are independent);
   ViT's last block with a class-token classifier, where nothing else is read.
+  `attention_fn`, `dot_general`: see `Attention`.
   """
   mlp_dim: int
   num_heads: int
@@ -265,23 +202,27 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: Optional[str] = None
   first_token_only: bool = False
   mlp_activation: str = gelu.DEFAULT
+  attention_fn: AttentionFn = dot_product_attention
+  dot_general: DotGeneral = None
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool = True):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              dot_general=self.dot_general)
+    y = nn.LayerNorm(name='LayerNorm_0', dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
     if self.first_token_only:
       x = x[:, :1]
     y = Attention(self.num_heads, self.attention_dropout_rate,
-                  implementation=self.attention_impl,
+                  attention_fn=self.attention_fn,
                   name='MultiHeadDotProductAttention_1', **kw)(
                       y[:, :1] if self.first_token_only else y, y,
                       deterministic=deterministic)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    y = nn.LayerNorm(name='LayerNorm_2', **kw)(x)
+    y = nn.LayerNorm(name='LayerNorm_2', dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
     y = MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate,
                  activation=self.mlp_activation, name='MlpBlock_3', **kw)(
                      y, deterministic=deterministic)
@@ -341,10 +282,11 @@ class Encoder(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: Optional[str] = None
   mlp_activation: str = gelu.DEFAULT
   scan_layers: bool = False
   remat_policy: str = 'none'
+  attention_fn: AttentionFn = dot_product_attention
+  dot_general: DotGeneral = None
 
   @nn.compact
   def __call__(self, x, cls=None, *, cls_insert_layer: int = 0,
@@ -396,8 +338,8 @@ class Encoder(nn.Module):
         mlp_dim=self.mlp_dim, num_heads=self.num_heads,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-        param_dtype=self.param_dtype, attention_impl=self.attention_impl,
-        mlp_activation=self.mlp_activation)
+        param_dtype=self.param_dtype, mlp_activation=self.mlp_activation,
+        attention_fn=self.attention_fn, dot_general=self.dot_general)
     if not self.scan_layers:
       block_cls = scan.rematted(EncoderBlock, policy)
       blocks = [block_cls(**block_kw,
@@ -433,17 +375,21 @@ class MAPHead(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   mlp_activation: str = gelu.DEFAULT
+  attention_fn: AttentionFn = dot_product_attention
+  dot_general: DotGeneral = None
 
   @nn.compact
   def __call__(self, x):
     b, _, d = x.shape
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              dot_general=self.dot_general)
     probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d),
                        self.param_dtype)
     probe = jnp.broadcast_to(probe, (b, 1, d)).astype(x.dtype)
-    x = Attention(self.num_heads, name='MultiHeadDotProductAttention_0',
-                  **kw)(probe, x)
-    y = nn.LayerNorm(name='LayerNorm_0', **kw)(x)
+    x = Attention(self.num_heads, attention_fn=self.attention_fn,
+                  name='MultiHeadDotProductAttention_0', **kw)(probe, x)
+    y = nn.LayerNorm(name='LayerNorm_0', dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
     x = x + MlpBlock(self.mlp_dim, activation=self.mlp_activation,
                      name='MlpBlock_0', **kw)(y)
     return x[:, 0]
@@ -459,12 +405,14 @@ class ConvStem(nn.Module):
   channels: Sequence[int]
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_general_dilated: ConvGeneralDilated = None
 
   @nn.compact
   def __call__(self, x):
     for i, c in enumerate(self.channels):
       x = nn.Conv(c, (3, 3), strides=(2, 2), padding='SAME', use_bias=False,
                   dtype=self.dtype, param_dtype=self.param_dtype,
+                  conv_general_dilated=self.conv_general_dilated,
                   name=f'conv_{i}')(x)
       x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
                        name=f'norm_{i}')(x)
@@ -497,11 +445,25 @@ class VisionTransformer(nn.Module):
     scan_layers: the encoder blocks as an `nn.scan` with parameters stacked
       [L, ...] (`Transformer/encoderblock/...`): one block compiled instead
       of L; see `Encoder`.
-    attention_impl: attention kernel: None or 'xla' (head-major XLA
-      attention), or 'cudnn' (GPU flash attention, bf16/fp16).
+    attention_fn, dot_general, conv_general_dilated, group_norm_cls,
+      weight_standardize: computation hooks with stock defaults (the
+      einsum attention, lax's products, flax's GroupNorm); set from
+      `config.perf` by `vit_jax.perf.hooks`.
     mlp_activation: the MLP blocks' (and MAP head's) GELU: 'gelu_tanh', the
       form of the official code and the released checkpoints, or
       'gelu_erf', the exact form (timm's default); `vit_jax.models.gelu`.
+
+  Computation hooks (same function and parameters whatever they are; the
+  defaults are flax's / jax's own; `vit_jax.perf.hooks` fills them in from a
+  run's `config.perf`):
+    attention_fn: (q, k, v) [B, N, h, d] -> [B, Nq, h, d], default
+      `dot_product_attention`.
+    dot_general: every dense layer's and the patch embedding's product
+      (flax's `dot_general=`; None: `lax.dot_general`).
+    conv_general_dilated: every convolution's (flax's
+      `conv_general_dilated=`; None: `lax.conv_general_dilated`).
+    group_norm_cls, weight_standardize: the hybrid stem's GroupNorm module
+      and StdConv kernel standardization (`vit_jax.models.resnet`).
   """
   num_classes: Optional[int] = 1000
   patch_size: Sequence[int] = (16, 16)
@@ -520,10 +482,14 @@ class VisionTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
-  attention_impl: Optional[str] = None
   mlp_activation: str = gelu.DEFAULT
   scan_layers: bool = False
   remat_policy: str = 'none'
+  attention_fn: AttentionFn = dot_product_attention
+  dot_general: DotGeneral = None
+  conv_general_dilated: ConvGeneralDilated = None
+  group_norm_cls: Any = nn.GroupNorm
+  weight_standardize: Callable[..., jax.Array] = resnet.weight_standardize
 
   def total_stride(self) -> tuple[int, int]:
     """Pixels per patch token along (height, width)."""
@@ -555,12 +521,17 @@ class VisionTransformer(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images.astype(self.dtype)
     if self.resnet_layers is not None:
-      x = resnet.root_and_stages(x, self.resnet_layers, self.resnet_width,
-                                 **kw)
+      x = resnet.root_and_stages(
+          x, self.resnet_layers, self.resnet_width,
+          conv_general_dilated=self.conv_general_dilated,
+          group_norm_cls=self.group_norm_cls,
+          weight_standardize=self.weight_standardize, **kw)
     elif self.conv_stem is not None:
-      x = ConvStem(tuple(self.conv_stem), name='stem', **kw)(x)
+      x = ConvStem(tuple(self.conv_stem), name='stem',
+                   conv_general_dilated=self.conv_general_dilated, **kw)(x)
     x = patchify.PatchEmbed(self.hidden_size, tuple(self.patch_size),
-                            name='embedding', **kw)(x)
+                            dot_general=self.dot_general, name='embedding',
+                            **kw)(x)
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h * w, c))  # [B, N, D]
 
@@ -575,9 +546,9 @@ class VisionTransformer(nn.Module):
                         not self.is_mutable_collection('intermediates'))
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads,
                 self.dropout_rate, self.attention_dropout_rate, self.remat,
-                attention_impl=self.attention_impl,
                 mlp_activation=self.mlp_activation,
                 scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                attention_fn=self.attention_fn, dot_general=self.dot_general,
                 name='Transformer', **kw)(
                     x, cls, cls_insert_layer=cls_insert_layer,
                     cls_insert_mode=cls_insert_mode, train=train,
@@ -589,16 +560,18 @@ class VisionTransformer(nn.Module):
       x = jnp.mean(x, axis=1)
     elif self.classifier == 'map':
       x = MAPHead(self.num_heads, self.mlp_dim,
-                  mlp_activation=self.mlp_activation, name='MAPHead_0',
-                  **kw)(x)
+                  mlp_activation=self.mlp_activation,
+                  attention_fn=self.attention_fn,
+                  dot_general=self.dot_general, name='MAPHead_0', **kw)(x)
 
     if self.representation_size is not None:
-      x = nn.Dense(self.representation_size, name='pre_logits', **kw)(x)
+      x = nn.Dense(self.representation_size, name='pre_logits',
+                   dot_general=self.dot_general, **kw)(x)
       x = jnp.tanh(x)
     _record(self, 'pooled', x)  # exposed as 'pre_logits' by intermediates
     if self.num_classes:
       x = nn.Dense(self.num_classes, name='head',
                    kernel_init=nn.initializers.zeros,
                    bias_init=nn.initializers.constant(self.head_bias_init),
-                   **kw)(x)
+                   dot_general=self.dot_general, **kw)(x)
     return x

@@ -44,10 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_jax.perf import host_malloc
-from vit_jax.perf import microbatch
 from vit_jax import models
 from vit_jax.perf import flops as flops_lib
+from vit_jax.perf import hooks
+from vit_jax.perf import host_malloc
+from vit_jax.perf import microbatch
 
 MODES = ('infer', 'train')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -80,6 +81,7 @@ class Result:
   mode: str
   remat: bool
   attention_impl: Optional[str]
+  perf: dict                   # the config.perf settings, resolved
   microbatches: int            # independent micro-batches per step
   device: str
   num_params: int
@@ -188,10 +190,11 @@ def make_infer_step(model, microbatches: int = 1) -> Callable:
 
 
 def make_train_step(model, tx: optax.GradientTransformation,
-                    microbatches: int = 1) -> Callable:
+                    microbatches: int = 1, donate: bool = True) -> Callable:
   """(params, opt_state, images, labels) -> (params, opt_state, loss).
 
-  Parameters and optimizer state are donated (updated in place).
+  Parameters and optimizer state are donated (updated in place) unless
+  `donate=False`.
   `microbatches`: independent micro-batches per step (`vit_jax.perf.microbatch`).
   """
   def loss_fn(params, images, labels, rng):
@@ -206,7 +209,7 @@ def make_train_step(model, tx: optax.GradientTransformation,
     loss, grads = grad_fn(params, images, labels, None)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
-  return jax.jit(step, donate_argnums=(0, 1))
+  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
 def _reserve_host_memory(compiled) -> None:
@@ -222,20 +225,39 @@ def _reserve_host_memory(compiled) -> None:
   host_malloc.reserve(2 * temp)
 
 
+def parse_perf(text: Optional[str]) -> dict[str, Any]:
+  """'cpu_gemm=on,microbatches=2' -> {'cpu_gemm': 'on', 'microbatches': 2}
+  (`config.perf` keys, `vit_jax.perf.hooks`), validated."""
+  out = {}
+  for tok in filter(None, (t.strip() for t in (text or '').split(','))):
+    key, sep, value = tok.partition('=')
+    if not sep:
+      raise ValueError(f'--perf: {tok!r} is not KEY=VALUE')
+    out[key] = int(value) if key in hooks.INTS and value.isdigit() else value
+  hooks.validate(out, prefix='--perf')
+  return out
+
+
+def build_model(model_name: str, perf=None, devices=None, **overrides):
+  """`models.get_model` with the computation hooks of `perf` (`config.perf`
+  settings; None: all 'auto') for `devices` (default: all)."""
+  devices = jax.devices() if devices is None else list(devices)
+  hook_kw = hooks.model_overrides(perf or {}, devices[0].platform,
+                                  len(devices), model_name)
+  return models.get_model(model_name, **hook_kw, **overrides)
+
+
 def compile_step(model, mode: str, params, images, labels=None,
-                 parallel_microbatches: int = 0
+                 microbatches: int = 1
                  ) -> tuple[Any, Callable[[], Any], int]:
   """(compiled step, no-argument callable running it once, micro-batches).
 
   'infer': the forward of `make_infer_step`. 'train': one AdamW step of
   `make_train_step` (lr 1e-4, weight decay 1e-4); the callable carries the
   updated (donated) parameters and optimizer state from call to call.
-  `parallel_microbatches` (0: automatic) is resolved by `microbatch.resolve`
-  for the batch and resolution of `images` [B, H, W, 3].
+  `microbatches`: independent micro-batches per step (`hooks.microbatches`
+  resolves `config.perf.microbatches` to it).
   """
-  microbatches = microbatch.resolve(parallel_microbatches, mode,
-                                    images.shape[0],
-                                    resolution=images.shape[1])
   if mode == 'infer':
     compiled = make_infer_step(model, microbatches).lower(
         params, images).compile()
@@ -274,10 +296,16 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
         dtype: str = 'float32', mode: str = 'infer', steps: int = 5,
         warmup: int = 2, remat: bool = False, num_classes: int = 1000,
         peak_tflops: Optional[float] = None, peak_source: str = 'given',
-        attention_impl=None, parallel_microbatches: int = 0,
-        model_overrides=None,
+        attention_impl=None, parallel_microbatches: Optional[int] = None,
+        model_overrides=None, perf=None,
         log: Callable[[str], None] = print) -> Result:
-  """Benchmarks one configuration; see the module docstring."""
+  """Benchmarks one configuration; see the module docstring.
+
+  `perf`: `config.perf` settings (`vit_jax.perf.hooks`; missing keys
+  'auto'); `attention_impl` ('cudnn' / 'xla' / None) and
+  `parallel_microbatches` (None: perf's) set perf's attention and
+  microbatches.
+  """
   if mode not in MODES:
     raise ValueError(f'mode={mode!r}; allowed: {", ".join(MODES)}')
   if dtype not in DTYPES:
@@ -285,22 +313,28 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
   if steps < 1 or warmup < 0 or batch < 1:
     raise ValueError(f'need steps >= 1, warmup >= 0, batch >= 1; got '
                      f'steps={steps} warmup={warmup} batch={batch}')
+  perf = dict(perf or {})
+  if attention_impl:
+    perf['attention'] = {'xla': 'einsum'}.get(attention_impl, attention_impl)
+  if parallel_microbatches is not None:
+    perf['microbatches'] = parallel_microbatches
+  hooks.validate(perf)
+  resolved = hooks.resolve(perf, jax.default_backend(), jax.device_count())
   overrides = dict(model_overrides or {})
   overrides['dtype'] = DTYPES[dtype]
   if remat:
     overrides['remat'] = True
-  if attention_impl:
-    overrides['attention_impl'] = attention_impl
-  model = models.get_model(model_name, num_classes=num_classes, **overrides)
+  model = build_model(model_name, perf, num_classes=num_classes, **overrides)
   device = jax.devices()[0]
   if peak_tflops is None:
     peak_tflops, peak_source = default_peak(device)
 
   size = (resolution, resolution)
-  # Model FLOPs: counted on the XLA-attention twin (a cuDNN attention call is
-  # opaque to the jaxpr count); the function computed is the same.
+  # Model FLOPs: counted on the stock twin (a cuDNN attention call or an
+  # OpenBLAS product is opaque to the jaxpr count); the same function.
   fwd = forward_flops(
-      model.clone(attention_impl=None) if attention_impl else model, size)
+      models.get_model(model_name, num_classes=num_classes, **overrides),
+      size)
   per_img = fwd if mode == 'infer' else 3 * fwd
   k_img, k_lab, k_init = jax.random.split(jax.random.key(0), 3)
   images = jax.random.uniform(k_img, (batch, *size, 3), jnp.float32, -1, 1)
@@ -311,8 +345,9 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
       f'{fwd / 1e9:.3f} GFLOPs forward per image at {resolution}px')
 
   t0 = time.perf_counter()
+  parts = hooks.microbatches(perf, mode, batch, resolution=resolution)
   compiled, call, parts = compile_step(model, mode, params, images, labels,
-                                       parallel_microbatches)
+                                       parts)
   compile_s = time.perf_counter() - t0
   log(f'compiled in {compile_s:.1f} s; warm-up {warmup} steps')
   time_fn(call, warmup)
@@ -325,7 +360,7 @@ def run(model_name: str = 'Ti/16', *, resolution: int = 224, batch: int = 32,
   return Result(
       model=model_name, resolution=resolution, batch=batch, dtype=dtype,
       mode=mode, remat=remat, attention_impl=attention_impl,
-      microbatches=parts, device=device_name(device),
+      perf=dict(resolved, microbatches=parts), microbatches=parts, device=device_name(device),
       num_params=num_params, img_per_s=ips, step_s_median=med,
       step_s_all=times, forward_flops_per_img=fwd, flops_per_img=per_img,
       tflops=tflops, peak_tflops=peak_tflops, peak_source=peak_source,
@@ -361,9 +396,12 @@ def parser() -> argparse.ArgumentParser:
                  help='rematerialize each block in the backward pass')
   p.add_argument('--attention_impl', default=None, choices=['xla', 'cudnn'],
                  help='ViT attention kernel (default: XLA decides)')
-  p.add_argument('--parallel_microbatches', type=int, default=0,
+  p.add_argument('--parallel_microbatches', type=int, default=None,
                  help='independent micro-batches per step (0: automatic, '
                  'see vit_jax.perf.microbatch)')
+  p.add_argument('--perf', default='',
+                 help='config.perf settings, KEY=VALUE,... (see '
+                 'vit_jax.perf.hooks); unset keys: auto')
   p.add_argument('--num_classes', type=int, default=1000,
                  help='head width (default %(default)s)')
   p.add_argument('--peak_tflops', type=float, default=None,
@@ -377,15 +415,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return parser().parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None,
+         set_allocator: bool = False) -> int:
+  """The command line; `set_allocator`: apply `perf.host_malloc` first (a
+  fresh process, before XLA starts its threads)."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
+    perf = parse_perf(args.perf)
+    if set_allocator:
+      host_malloc.apply(perf.get('host_malloc', 'auto'))
     r = run(args.model, resolution=args.resolution, batch=args.batch,
             dtype=args.dtype, mode=args.mode, steps=args.steps,
             warmup=args.warmup, remat=args.remat,
             num_classes=args.num_classes, peak_tflops=args.peak_tflops,
             attention_impl=args.attention_impl,
-            parallel_microbatches=args.parallel_microbatches)
+            parallel_microbatches=args.parallel_microbatches, perf=perf)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -397,6 +441,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
-  host_malloc.maybe_reexec()
-  sys.exit(main())
+  sys.exit(main(set_allocator=True))

@@ -30,14 +30,11 @@ compiler against jaxlib's FFI headers and the `scipy-openblas32` wheel
 build). If it cannot be built (no compiler, no wheel) a warning says why
 and XLA's products are used.
 
-`$VIT_JAX_CPU_GEMM`: `auto` (default: on when the backend is a CPU with one
-device; several devices may hold sharded operands, which an opaque custom
-call would have to gather), `on`, `off`. `use(...)` overrides it in-process.
-The choice is made while tracing: a function already jitted keeps the
-products it was traced with.
+Whether a model uses these is `config.perf.cpu_gemm` (`vit_jax.perf.hooks`
+passes `dot_general` to the models' hooks); a product whose operands are
+not all float32, or traced for another backend, is `lax.dot_general`.
 """
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -59,37 +56,18 @@ CONV_KERNEL_GRAD_TARGET = 'vit_jax_cpu_conv_kernel_grad'
 _HANDLERS = {TARGET: 'VitJaxCpuGemm', CONV_TARGET: 'VitJaxCpuConv',
              CONV_KERNEL_GRAD_TARGET: 'VitJaxCpuConvKernelGrad'}
 _SOURCE = os.path.join(os.path.dirname(__file__), 'cpu_gemm.cc')
-_override: Optional[bool] = None
 
 
-@contextlib.contextmanager
-def use(enabled: Optional[bool]):
-  """Within the block, force the OpenBLAS products on/off (None: automatic)."""
-  global _override
-  saved, _override = _override, enabled
-  try:
-    yield
-  finally:
-    _override = saved
-
-
-def active() -> bool:
-  """Whether products traced now go through the OpenBLAS kernel."""
-  if _override is not None:
-    wanted = _override
-  else:
-    mode = os.environ.get('VIT_JAX_CPU_GEMM', 'auto').lower()
-    if mode not in ('auto', 'on', 'off'):
-      raise ValueError(f'$VIT_JAX_CPU_GEMM={mode!r}: expected auto, on or off')
-    wanted = mode == 'on' or (mode == 'auto' and jax.device_count() == 1)
-  return wanted and jax.default_backend() == 'cpu' and _registered()
+def available() -> bool:
+  """Whether the kernel is built and registered and the backend is a CPU."""
+  return jax.default_backend() == 'cpu' and _registered()
 
 
 def applies(*operands: jax.Array) -> bool:
-  """Whether a product of these operands goes through the kernel: `active()`,
-  all float32, none empty."""
+  """Whether a product of these operands goes through the kernel:
+  `available()`, all float32, none empty."""
   return (all(x.dtype == jnp.float32 and x.size for x in operands)
-          and active())
+          and available())
 
 
 def _cache_dir() -> str:
@@ -249,7 +227,7 @@ def batched_matmul(a: jax.Array, b: jax.Array, trans_a: bool = False,
   """op(a) @ op(b) over matching leading batch dims, e.g. attention's
   [B, h, N, d] x [B, h, d, N] products; op transposes the last two dims.
 
-  Through the kernel where `active()` and both are float32, else
+  Through the kernel where `applies(a, b)`, else
   `lax.dot_general` (which folds the transposes into its dimension numbers).
   No gradient rule of its own: for use inside hand-written backward passes.
   """
@@ -277,7 +255,7 @@ def _is_plain_contraction(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None,
                 preferred_element_type=None):
-  """`lax.dot_general`, through the OpenBLAS kernel where `active()`.
+  """`lax.dot_general`, through the OpenBLAS kernel where it `applies`.
 
   Covers what dense layers do (flax `Dense` / `DenseGeneral`): the trailing
   dims of fp32 `lhs` contracted with the leading dims of fp32 `rhs`, no batch

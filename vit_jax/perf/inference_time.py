@@ -30,8 +30,7 @@ def run(config, workdir: str) -> list[bench.Result]:
         batch=config.batch_size, dtype=config.dtype, mode=mode,
         steps=config.steps, warmup=config.warmup, remat=config.remat,
         num_classes=config.num_classes, peak_tflops=config.peak_tflops,
-        attention_impl=config.attention_impl,
-        parallel_microbatches=config.parallel_microbatches)
+        perf=config.perf.to_dict())
     print(r.summary(), flush=True)
     results.append(r)
   os.makedirs(workdir, exist_ok=True)

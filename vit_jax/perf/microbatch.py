@@ -51,11 +51,11 @@ def resolve(requested: int, kind: str, batch: int,
   if kind not in AUTO_CPU:
     raise ValueError(f'kind={kind!r}; allowed: {", ".join(AUTO_CPU)}')
   if requested < 0:
-    raise ValueError(f'parallel_microbatches={requested} must be >= 0 '
+    raise ValueError(f'perf.microbatches={requested} must be >= 0 '
                      '(0 = automatic)')
   if requested > 0:
     if batch % requested:
-      raise ValueError(f'parallel_microbatches={requested} does not divide '
+      raise ValueError(f'perf.microbatches={requested} does not divide '
                        f'the batch of {batch}')
     return requested
   devices = jax.devices() if devices is None else devices

@@ -30,11 +30,13 @@ FREE_KEYS = (
     'trainer', ALLOW_KEY, 'allow_custom_model', 'log_every', 'eval_every',
     'eval_at_start',
     'checkpoint_every', 'keep_checkpoints', 'async_checkpoints',
-    'eval_batch_size', 'parallel_microbatches', 'partition_rules',
+    'eval_batch_size', 'partition_rules',
+    'parallel_microbatches',  # records older than config.perf.microbatches
     'pretrained_path',  # read only by a fresh start, not by a resume
     'data.prefetch', 'data.cache', 'data.tfds_data_dir', 'data.tfds_manual_dir',
 )
-FREE_PREFIXES = ('mesh.',)  # checkpoints do not depend on the mesh
+FREE_PREFIXES = ('mesh.',  # checkpoints do not depend on the mesh
+                 'perf.')  # nor on how the steps are computed
 EXTENDABLE_KEYS = ('total_steps',)
 _ABSENT = '<absent>'
 

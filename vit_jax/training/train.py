@@ -45,6 +45,7 @@ from vit_jax.data import dataset_info as dataset_info_lib
 from vit_jax.data import device_data
 from vit_jax.evaluation import evaluate
 from vit_jax.training import metrics
+from vit_jax.perf import hooks
 from vit_jax.perf import microbatch
 from vit_jax import models
 from vit_jax.training import optim
@@ -229,10 +230,15 @@ class Setup:
     return state.replace(params=params, opt_state=opt_state)
 
 
-def build_model(config, num_classes: int):
+def build_model(config, num_classes: int, devices=None):
+  """The model of `config` with the computation hooks `config.perf` asks for
+  on `devices` (default: all; `vit_jax.perf.hooks.model_overrides`)."""
+  devices = jax.devices() if devices is None else list(devices)
   overrides = dict(config.model)
   if config.dtype != 'float32':
     overrides['dtype'] = DTYPES[config.dtype]
+  overrides.update(hooks.model_overrides(
+      config.perf, devices[0].platform, len(devices), config.model_name))
   return models.get_model(config.model_name, num_classes=num_classes,
                           **overrides)
 
@@ -256,7 +262,7 @@ def setup(config, workdir: str, devices=None) -> Setup:
   dataset_info_lib.save_class_names(workdir, info.class_names)
 
   # Model: shapes only, nothing is allocated yet.
-  model = build_model(config, info.num_classes)
+  model = build_model(config, info.num_classes, devices)
   tx, schedule = optim.make(config.optim, total_steps=config.total_steps,
                             warmup_steps=config.warmup_steps)
   shape = (1, config.image_size, config.image_size, 3)
@@ -281,9 +287,8 @@ def setup(config, workdir: str, devices=None) -> Setup:
 
   eval_step = evaluate.make_eval_step(
       model, state_shardings.params, batch_sharding, replicated,
-      microbatch.resolve(config.parallel_microbatches, 'infer',
-                         config.eval_batch_size, list(mesh.devices.flat),
-                         config.image_size))
+      hooks.microbatches(config.perf, 'infer', config.eval_batch_size,
+                         list(mesh.devices.flat), config.image_size))
   checkpointer = train_state.TrainCheckpointer(
       workdir, save_every=config.checkpoint_every,
       keep=config.keep_checkpoints, use_async=config.async_checkpoints)
@@ -302,8 +307,8 @@ def make_train_step(s: Setup) -> Callable:
       num_classes=s.info.num_classes, accum_steps=c.accum_steps,
       label_smoothing=c.label_smoothing, mixup_alpha=c.mixup_alpha,
       micro_sharding=micro,
-      parallel_microbatches=microbatch.resolve(
-          c.parallel_microbatches, 'train', c.batch_size // c.accum_steps,
+      parallel_microbatches=hooks.microbatches(
+          c.perf, 'train', c.batch_size // c.accum_steps,
           list(s.mesh.devices.flat), c.image_size))
   return jax.jit(step, in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, s.replicated),
