@@ -388,11 +388,9 @@ def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     mesh = check_args(args)
     env = simulated_environ(os.environ, args.devices)
-    if 'jax' not in sys.modules and any(
-        os.environ.get(k) != env[k] for k in ('XLA_FLAGS', 'JAX_PLATFORMS')):
-      # Device count is fixed when jax starts: run again with the flag.
-      os.execve(sys.executable,
-                [sys.executable, '-m', 'vit_jax.perf.plan', *argv], env)
+    if 'jax' not in sys.modules:
+      # The device count is read when jax starts: set the flag before.
+      os.environ.update({k: env[k] for k in ('XLA_FLAGS', 'JAX_PLATFORMS')})
     check_model(args.model)
     config = make_config(args, mesh)
     import jax  # pylint: disable=g-import-not-at-top
