@@ -33,7 +33,7 @@ def _plan(*argv):
     ('--batch=8', '--remat=off'),
     # Remat: the blocks' inputs only; the barriers XLA:CPU keeps for the
     # planner (plan.KEEP_REMAT) must hold in the program that runs.
-    ('--batch=32', '--remat=on', '--set=parallel_microbatches=1'),
+    ('--batch=32', '--remat=on', '--set=perf.microbatches=1'),
 ], ids=['remat_off', 'remat_on'])
 def test_planned_peak_within_25_percent_of_a_real_steps_rss(extra):
   """ViT-Ti/16, 224 px, one CPU device: the step is compiled from shapes,
