@@ -19,8 +19,10 @@ import pytest
 
 from tests.conftest import REPO
 
-TOTAL = 100
-SIGNAL_AT = 10  # step seen in process 0's log when SIGTERM is sent
+# The notice needs about a second to reach the other process (the run goes
+# on meanwhile): TOTAL leaves room for that at ~150 steps/s.
+TOTAL = 200
+SIGNAL_AT = 5  # step seen in process 0's log when SIGTERM is sent
 TIMEOUT_S = 300
 
 
@@ -37,7 +39,7 @@ def _args(workdir):
           f'--workdir={workdir}', '--config.batch_size=16',
           '--config.eval_batch_size=16', f'--config.total_steps={TOTAL}',
           '--config.warmup_steps=2', '--config.checkpoint_every=0',
-          '--config.log_every=1', '--config.eval_every=0',
+          '--config.log_every=5', '--config.eval_every=0',
           '--config.async_checkpoints=False']
 
 
@@ -124,7 +126,9 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(runs):
   step = int(stops[0][0])
   assert SIGNAL_AT <= step < TOTAL, step
   assert runs['steps_p'] == [step]  # the only checkpoint, finalized
-  assert f'step {step + 1}/' not in runs['texts_p'][0]
+  assert not re.search(rf'^step ({step + 1}|{TOTAL})/', runs['texts_p'][0],
+                       re.M)
+  print(f'stopped at step {step} (SIGTERM after step {SIGNAL_AT})')
 
 
 def test_relaunch_resumes_and_equals_a_straight_run(runs):
@@ -134,7 +138,7 @@ def test_relaunch_resumes_and_equals_a_straight_run(runs):
   resumed = runs['texts_r'][0]
   assert f'resuming from {runs["preempted"]}/checkpoints/{step}' in resumed
   first = int(re.search(r'^step (\d+)/', resumed, re.M).group(1))
-  assert first == step + 1
+  assert step < first <= step + 5  # log_every=5
   assert _steps(runs['preempted'])[-1] == TOTAL
   assert _steps(runs['straight']) == [TOTAL]
   a, b = _load(runs['preempted']), _load(runs['straight'])

@@ -152,10 +152,11 @@ def make_config(args, mesh: dict[str, int]):
       models.model_kwargs(args.model)[0])}
   remat = args.remat.lower()
   if remat in REMAT_BOOL:
-    if 'remat' not in fields:
+    if 'remat' in fields:
+      config.model.remat = REMAT_BOOL[remat]
+    elif REMAT_BOOL[remat]:
       raise ValueError(f'--remat={args.remat}: {args.model} has no remat '
                        'option')
-    config.model.remat = REMAT_BOOL[remat]
   elif 'remat_policy' in fields:
     config.model.remat_policy = args.remat
   else:
