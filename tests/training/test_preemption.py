@@ -50,13 +50,13 @@ def _launch(workdir, logs):
   for i, log in enumerate(logs):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(('JAX_', 'XLA_'))}
-    env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i),
-               JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+    env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
                XLA_FLAGS='--xla_force_host_platform_device_count=1')
     out = open(log, 'w')
     procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'vit_jax.main', *_args(workdir)], cwd=REPO,
+        [sys.executable, '-m', 'vit_jax.main', *_args(workdir),
+         '--distributed', f'--coordinator_address=localhost:{port}',
+         '--num_processes=2', f'--process_id={i}'], cwd=REPO,
         env=env, stdout=out, stderr=subprocess.STDOUT))
     out.close()
   return procs
