@@ -23,8 +23,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix='vit_jax_tests_xla_cache_')
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
-  # Cache every executable, however small or quick to compile.
-  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  # Cache whole programs, not the many tiny ones of op-by-op execution.
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
 
 try:

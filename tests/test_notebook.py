@@ -55,7 +55,7 @@ def test_notebook_runs_headless(shared_data, tmp_path):
              VIT_JAX_NB_NUM_EXAMPLES='3')
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
-      nb, timeout=300, kernel_name='python3',
+      nb, timeout=600, kernel_name='python3',
       resources={'metadata': {'path': str(REPO)}})
   client.execute(env=env)  # raises CellExecutionError on any cell error
 

@@ -1,6 +1,5 @@
 """`.npz` round trip, adaptation to new shapes, and the errors."""
 
-import re
 import subprocess
 import sys
 
@@ -256,10 +255,12 @@ def test_mismatch_error_says_what_each_side_is_and_counts(tmp_path):
   with pytest.raises(pretrained.PretrainedError) as e:
     load(path, s, 32)
   msg = str(e.value)
-  n_arrays = len(npz.flatten(init(s, 32)))
-  assert f'of {n_arrays} arrays do not fit' in msg
+  # 40 arrays (embedding 2, cls, posemb, 16 per block, final norm 2, head 2);
+  # the head, whose input width differs, is re-initialized, not a mismatch:
+  # 38 mismatches, the first 3 spelled out.
+  assert '38 of 40 arrays do not fit' in msg, msg
   assert ('the file: width 192, 2 blocks, patch 16x16, head 10; the model: '
           'width 384, 2 blocks, patch 16x16, head 10') in msg
-  assert msg.count('checkpoint has shape') == npz.MAX_LISTED
-  assert re.search(r'; and \d+ more$', msg)
+  assert msg.count('checkpoint has shape') == 3
+  assert msg.endswith('; and 35 more'), msg
   assert len(msg) < 800 and '\n' not in msg

@@ -84,11 +84,13 @@ def test_last_block_computes_the_class_token_alone_same_function(insert,
   kw = dict(cls_insert_layer=insert, cls_insert_mode=mode)
   full = lambda p: intermediates.apply(model, p, x, **kw)[0]
   fast = lambda p: model.apply({'params': p}, x, **kw)
-  np.testing.assert_allclose(fast(params), full(params), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(fast)(params), jax.jit(full)(params),
+                             rtol=1e-5, atol=1e-6)
   loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-      jax.grad(loss(fast))(params), jax.grad(loss(full))(params))
+      jax.jit(jax.grad(loss(fast)))(params),
+      jax.jit(jax.grad(loss(full)))(params))
   fast_jaxpr = str(jax.make_jaxpr(fast)(params))
   full_jaxpr = str(jax.make_jaxpr(full)(params))
   if insert == 3:  # k = L: nothing reads the patch tokens; not computed
@@ -118,9 +120,10 @@ def test_remat_same_values_and_gradients():
 
   def loss(m):
     return lambda p: jnp.sum(m.apply({'params': p}, x) ** 2)
-  np.testing.assert_allclose(loss(model)(params), loss(remat)(params),
-                             rtol=1e-5)
-  g1, g2 = jax.grad(loss(model))(params), jax.grad(loss(remat))(params)
+  np.testing.assert_allclose(jax.jit(loss(model))(params),
+                             jax.jit(loss(remat))(params), rtol=1e-5)
+  g1 = jax.jit(jax.grad(loss(model)))(params)
+  g2 = jax.jit(jax.grad(loss(remat)))(params)
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
       g1, g2)
@@ -132,8 +135,8 @@ def test_bfloat16_compute_with_float32_params(name):
   # a non-zero head so that logits are not all equal to the bias
   params = jax.tree_util.tree_map(lambda p: p + 0.05, params)
   bf = models.get_model(name, num_classes=10, dtype=jnp.bfloat16)
-  y32 = model.apply({'params': params}, x)
-  y16 = bf.apply({'params': params}, x)
+  y32 = jax.jit(model.apply)({'params': params}, x)
+  y16 = jax.jit(bf.apply)({'params': params}, x)
   assert y16.dtype == jnp.bfloat16
   assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
   np.testing.assert_allclose(np.float32(y16), y32, atol=0.1 * np.abs(
