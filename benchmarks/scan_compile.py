@@ -2,6 +2,7 @@
 
     python benchmarks/scan_compile.py                    # L/16, H/14; CPU
     python benchmarks/scan_compile.py --models=B/16 --batch=8 --steps=2
+    python benchmarks/scan_compile.py --models=H/14,g/14 --steps=0  # compile
     python benchmarks/scan_compile.py --models=mu/16 --resolution=32 \
         --batch=2 --steps=1                              # smoke
 
@@ -9,10 +10,14 @@ For each model, `scan_layers=False` and `True` (`vit_jax.models.scan`), each
 in its own process (fresh compilation cache, memory returned): one SGD train
 step (softmax cross-entropy on random images and labels, float32, params
 donated) is traced and lowered (`jax.jit(step).lower(...)`), then compiled
-(`.compile()`), then run `--steps` times. Plain SGD keeps the optimizer
+(`.compile()`), then run `--steps` times (`--steps=0`: compile only, on
+abstract parameters and inputs: nothing allocated). Plain SGD keeps the optimizer
 state out of memory: parameters + gradients + activations only. Prints a
 markdown table: parameters, lower seconds, compile seconds, seconds per
-step (each step), HLO size of the compiled module, and the host's peak RSS.
+step (wall and this process's CPU time, each step; CPU time is the less
+load-dependent figure on a shared machine), XLA's temporary buffer size
+(`memory_analysis`: activations kept for the backward pass and scratch),
+HLO size of the compiled module, and the host's peak RSS.
 """
 
 import argparse
@@ -27,8 +32,9 @@ from typing import Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HEADER = ('| model | layout | batch | params (M) | lower (s) | compile (s) | '
-          's/step | HLO (k chars) | peak RSS (GiB) |\n'
-          '| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+          's/step wall | s/step CPU | XLA temp (GiB) | HLO (k chars) | '
+          'peak RSS (GiB) |\n'
+          '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 
 
 def measure(name: str, scanned: bool, batch: int, resolution: int,
@@ -46,7 +52,13 @@ def measure(name: str, scanned: bool, batch: int, resolution: int,
   images = jax.random.uniform(k_img, (batch, resolution, resolution, 3),
                               jnp.float32, -1, 1)
   labels = jax.random.randint(k_lab, (batch,), 0, 1000)
-  params = jax.jit(lambda k: model.init(k, images[:1])['params'])(k_init)
+  init = lambda k: model.init(k, images[:1])['params']
+  if steps:
+    params = jax.jit(init)(k_init)
+  else:  # compile only: nothing allocated
+    params = jax.eval_shape(init, k_init)
+    images, labels = (jax.ShapeDtypeStruct(a.shape, a.dtype)
+                      for a in (images, labels))
   n_params = sum(x.size for x in jax.tree.leaves(params))
 
   def step(params, images, labels):
@@ -64,16 +76,21 @@ def measure(name: str, scanned: bool, batch: int, resolution: int,
   compiled = lowered.compile()
   t2 = time.perf_counter()
   hlo_chars = len(compiled.as_text() or '')
-  times = []
+  mem = compiled.memory_analysis()
+  temp_gib = mem.temp_size_in_bytes / 2**30 if mem else float('nan')
+  times, cpu_times = [], []
   for _ in range(steps):
-    t = time.perf_counter()
+    t, ct = time.perf_counter(), time.process_time()
     params, loss = compiled(params, images, labels)
     loss.block_until_ready()
     times.append(time.perf_counter() - t)
+    cpu_times.append(time.process_time() - ct)
   return dict(model=name, layout='scanned' if scanned else 'unrolled',
               batch=batch, resolution=resolution, remat_policy=remat_policy,
               params=n_params, lower_s=t1 - t0, compile_s=t2 - t1,
-              step_s=times, loss=float(loss), hlo_kchars=hlo_chars / 1e3,
+              step_s=times, step_cpu_s=cpu_times, temp_gib=temp_gib,
+              loss=float(loss) if steps else None,
+              hlo_kchars=hlo_chars / 1e3,
               peak_rss_gib=resource.getrusage(
                   resource.RUSAGE_SELF).ru_maxrss / 2**20,
               device=str(jax.devices()[0].device_kind),
@@ -84,11 +101,12 @@ def row(r: dict) -> str:
   if 'error' in r:
     return f'| {r["model"]} | {r["layout"]} | {r["batch"]} | failed: ' \
            f'{r["error"]} |'
-  steps = ', '.join(f'{s:.3g}' for s in r['step_s'])
+  steps = ', '.join(f'{s:.3g}' for s in r['step_s']) or '-'
+  cpu = ', '.join(f'{s:.3g}' for s in r['step_cpu_s']) or '-'
   return (f'| {r["model"]} | {r["layout"]} | {r["batch"]} | '
           f'{r["params"] / 1e6:.1f} | {r["lower_s"]:.1f} | '
-          f'{r["compile_s"]:.1f} | {steps} | {r["hlo_kchars"]:.0f} | '
-          f'{r["peak_rss_gib"]:.1f} |')
+          f'{r["compile_s"]:.1f} | {steps} | {cpu} | {r["temp_gib"]:.2f} | '
+          f'{r["hlo_kchars"]:.0f} | {r["peak_rss_gib"]:.1f} |')
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,6 +11,7 @@ import functools
 import json
 
 import jax
+import jax.extend.core  # noqa: F401  (Var)
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from tests.conftest import REPO
 from vit_jax import config_lib
 from vit_jax import models
 from vit_jax.analysis import modelinfo
+from vit_jax.analysis import validate
 from vit_jax.checkpoints import npz
 from vit_jax.checkpoints import pretrained
 from vit_jax.models import intermediates
@@ -45,8 +47,11 @@ def _setup(name='mu/16', **kw):
   params = jax.tree.map(
       lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.3, s.dtype),
       shapes)
-  return (model, model.clone(scan_layers=True), params,
-          scan.stack_tree(params), x)
+  scanned = model.clone(scan_layers=True)
+  layout = scan.flatten(jax.eval_shape(scanned.init, jax.random.key(0),
+                                       x)['params'])
+  stacked = scan.unflatten(scan.to_layout(scan.flatten(params), layout))
+  return model, scanned, params, stacked, x
 
 
 def _loss(model, x, **kw):
@@ -78,29 +83,42 @@ def _assert_flat_close(got, want):
 
 
 def test_scanned_init_has_the_stacked_layout_and_distinct_layers():
-  _, scanned, params, _, x = _setup()
+  _, scanned, params, stacked, x = _setup()
   init = jax.jit(scanned.init)(jax.random.key(0), x)['params']
   flat = scan.flatten(init)
-  want = {k: np.shape(v) for k, v in
-          scan.flatten(scan.stack_tree(params)).items()}
-  assert {k: np.shape(v) for k, v in flat.items()} == want
-  assert want['Transformer/encoderblock/LayerNorm_0/scale'] == (L, 32)
-  assert 'Transformer/encoderblock_0/LayerNorm_0/scale' in scan.flatten(
-      params)
-  k = 'Transformer/encoderblock/MlpBlock_3/Dense_0/kernel'  # [L, 32, 128]
+  assert ({k: np.shape(v) for k, v in flat.items()} ==
+          {k: np.shape(v) for k, v in scan.flatten(stacked).items()})
+  # blocks 0..L-2 stacked, the last block on its own
+  assert np.shape(flat['Transformer/encoderblock/LayerNorm_0/scale']) == (
+      L - 1, 32)
+  assert f'Transformer/encoderblock_{L - 1}/LayerNorm_0/scale' in flat
+  assert not any(f'encoderblock_{i}/' in k for k in flat for i in range(L - 1))
+  assert sorted(scan.flatten(scan.unstack_tree(init))) == sorted(
+      scan.flatten(params))
+  k = 'Transformer/encoderblock/MlpBlock_3/Dense_0/kernel'  # [L-1, 32, 128]
   assert not np.allclose(flat[k][0], flat[k][1])  # a random draw per layer
   # each layer as xavier_uniform: std sqrt(2 / (fan_in + fan_out))
-  for i in range(L):
-    assert abs(float(np.std(flat[k][i])) - np.sqrt(2 / (32 + 128))) < 0.01
+  for w in (*flat[k], flat[k.replace('encoderblock', f'encoderblock_{L-1}')]):
+    assert abs(float(np.std(w)) - np.sqrt(2 / (32 + 128))) < 0.01
 
 
 def test_scanned_model_compiles_one_block_per_segment():
   _, scanned, _, stacked, x = _setup()
-  jaxpr = jax.make_jaxpr(
-      lambda p: scanned.apply({'params': p}, x))(stacked).jaxpr
+  flat = scan.flatten(stacked)
+  keys = sorted(flat)
+  jaxpr = jax.make_jaxpr(lambda *p: scanned.apply(
+      {'params': scan.unflatten(dict(zip(keys, p)))}, x))(
+          *[flat[k] for k in keys]).jaxpr
   scans = [e for e in jaxpr.eqns if e.primitive.name == 'scan']
-  # blocks 0..L-2 as one scan; the last block alone (class token only)
+  # blocks 0..L-2 as one scan; the last block apart (class token only)
   assert [e.params['length'] for e in scans] == [L - 1]
+  # which reads the stacked parameters as they are (no slice, no copy)
+  stacked_in = {v for v, k in zip(jaxpr.invars, keys)
+                if k.startswith('Transformer/encoderblock/')}
+  assert len(stacked_in) == 16 and stacked_in <= set(scans[0].invars)
+  assert not [e for e in jaxpr.eqns if e is not scans[0] and
+              any(v in stacked_in for v in e.invars
+                  if isinstance(v, jax.extend.core.Var))]
 
 
 def test_flops_count_the_same_on_scanned():
@@ -230,9 +248,7 @@ def test_loading_converts_layouts_both_ways(tmp_path):
   small = models.get_model('mu/16', num_classes=10, num_layers=2)
   npz.save_npz(path, jax.jit(small.init)(jax.random.key(0), x)['params'])
   with pytest.raises(pretrained.PretrainedError,
-                     match=r'Transformer/encoderblock/.*: checkpoint has '
-                     r'shape \(2, .*\), the model expects \(3, .*2 blocks'
-                     r'|2 blocks.*3 blocks') as e:
+                     match=r'missing in checkpoint: .*encoderblock_2/') as e:
     pretrained.fit(scanned, init, pretrained.read(path))
   assert '\n' not in str(e.value)
 
@@ -240,7 +256,7 @@ def test_loading_converts_layouts_both_ways(tmp_path):
 def test_stack_and_unstack_errors_are_one_line():
   flat = {'T/encoderblock_0/w': np.ones(2), 'T/encoderblock_2/w': np.ones(2)}
   with pytest.raises(ValueError, match=r'T/encoderblock: block numbers '
-                     r'\[0, 2\] are not 0..1'):
+                     r'\[0, 2\] do not cover 0..1'):
     scan.stack(flat)
   flat = {'T/encoderblock_0/w': np.ones(2), 'T/encoderblock_1/w': np.ones(3)}
   with pytest.raises(ValueError, match=r'T/encoderblock_\*/w: shapes'):
@@ -258,6 +274,17 @@ def test_stack_and_unstack_errors_are_one_line():
   assert sorted(st) == ['T/encoderblock/w', 'head/kernel']
   np.testing.assert_array_equal(st['T/encoderblock/w'], [[0, 1], [5, 6]])
   assert scan.unstack(st).keys() == flat.keys()
+  # a stack of the first blocks, later blocks on their own (a scanned ViT)
+  st = scan.stack(flat, {'T/encoderblock': 1})
+  assert sorted(st) == ['T/encoderblock/w', 'T/encoderblock_1/w',
+                        'head/kernel']
+  assert np.shape(st['T/encoderblock/w']) == (1, 2)
+  assert scan.unstack(st).keys() == flat.keys()
+  np.testing.assert_array_equal(
+      scan.to_layout(scan.stack(flat), st)['T/encoderblock_1/w'], [5, 6])
+  with pytest.raises(ValueError, match=r'T/encoderblock_0/w: the block is '
+                     'both stacked and on its own'):
+    scan.unstack({**st, 'T/encoderblock_0/w': np.ones(2)})
 
 
 def test_released_ti16_through_the_scanned_model(shared_data):
@@ -293,11 +320,13 @@ def test_analyses_get_the_unrolled_form(tmp_path):
   model, loaded = modelinfo.load('mu/16', path, (32, 32),
                                  scan_layers=True, num_layers=L)
   assert not scan.is_scanned(model)
-  assert 'Transformer/encoderblock_2/LayerNorm_0/scale' in scan.flatten(
-      loaded)
+  assert sorted(scan.flatten(loaded)) == sorted(scan.flatten(params))
   np.testing.assert_allclose(jax.jit(model.apply)({'params': loaded}, x),
                              _run(scanned=True)[0], **TOL)
   assert not scan.is_scanned(modelinfo.build('mu/16', scan_layers=True))
+  with pytest.raises(validate.AnalysisError, match='truncate needs the '
+                     'unrolled form'):
+    modelinfo.truncate(scanned, 1)
 
 
 def test_dropout_on_a_scanned_model():

@@ -69,6 +69,10 @@ def truncate(model, layer: int):
   """The model with blocks 0..layer only (params of the full model still fit:
   unused ones are ignored). Used to skip work above a feature's layer."""
   layer = check_layer(model, layer)
+  if scan.is_scanned(model):  # its last block is named by the block count
+    raise validate.AnalysisError(
+        'truncate needs the unrolled form of a scanned model (build and '
+        'load return it; vit_jax.models.scan.unrolled)')
   if kind(model) == 'vit':
     return model.clone(num_layers=layer + 1)
   return model.clone(num_blocks=layer + 1)

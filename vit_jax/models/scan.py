@@ -1,27 +1,29 @@
 """Blocks with stacked parameters (`nn.scan`), remat policies, and layouts.
 
-Layout. A scanned stack of L blocks stores every parameter of its block once,
-with a leading layer axis, under the stack's name without a block number:
+Layout. A stack of n blocks stores every parameter of its block once, with a
+leading layer axis, under the stack's name without a block number; blocks
+after the stack keep their own names:
 
-    scanned:   Transformer/encoderblock/MlpBlock_3/Dense_0/kernel   [L, D, M]
+    stacked:   Transformer/encoderblock/MlpBlock_3/Dense_0/kernel   [n, D, M]
     per block: Transformer/encoderblock_{i}/MlpBlock_3/Dense_0/kernel  [D, M]
 
-(ViT's `encoderblock`; Mixer's top-level `MixerBlock`; big_vision's scanned
-layout). Row i of a stacked array is block i's array, bit for bit:
-`stack` / `unstack` convert flat `/`-joined parameter dicts between the two,
-`to_layout` converts one to the layout of another (checkpoint loading).
-`.npz` files always hold the per-block layout.
+Row i of a stacked array is block i's array, bit for bit. A scanned ViT
+stacks blocks 0..L-2 (`encoderblock` [L-1, ...]) and keeps its last block as
+`encoderblock_{L-1}`: that block may compute the class token alone
+(`vit.EncoderBlock.first_token_only`), and apart from the stack it is run
+without slicing the stack. A scanned Mixer stacks all L blocks (top-level
+`MixerBlock`). `stack` / `unstack` convert flat `/`-joined parameter dicts
+between the layouts, `to_layout` converts one to the layout of another
+(checkpoint loading); `.npz` files always hold the per-block layout.
 
-Runs. `BlockStack(x, start, stop)` applies blocks start..stop-1 to x. Its
-parameters are created once, by an `nn.scan` over all L blocks
+Runs. `BlockStack(x, start, stop)` applies stacked blocks start..stop-1 to
+x. Its parameters are created once, by an `nn.scan` over all n blocks
 (`variable_axes={'params': 0}`, `split_rngs={'params': True, 'dropout':
-True}`); a call reads them through `nn.map_variables`, as the slice
-[start:stop] of every stacked array, so one stack can run in segments (CLS
-late insertion: blocks 0..k-1 on the patch tokens, again on the class token,
-then k..L-1 on both) and a block with other constructor options (the last
-ViT block computing the class token alone) shares the stack's parameters.
-A run of several blocks is an `nn.scan` over the slice (one block compiled);
-a run of one block, or any run with `unrolled=True` (used while
+True}`); a call reads them through `nn.map_variables`: all of them as they
+are (the training path: no copy), or the slice [start:stop] (CLS late
+insertion runs blocks 0..k-1 on the patch tokens, again on the class token,
+then k.. on both). A run of several blocks is an `nn.scan` (one block
+compiled); a run of one block, or any run with `unrolled=True` (used while
 intermediates are recorded), applies the blocks one by one as children
 named `{prefix}_{i}`, so that recorded values sit under
 `.../encoderblock/encoderblock_{i}/...` (what `intermediates.collect`
@@ -32,7 +34,19 @@ with `nn.remat` (scanned or not): 'none' (no remat), 'nothing_saveable'
 (recompute the block's forward pass in the backward pass, the least memory),
 'dots_saveable' (keep every matmul output), 'dots_with_no_batch_dims_saveable'
 (keep the matmul outputs without batch dimensions: the projections and MLP,
-not the attention products).
+not the attention products). The dots policies see `lax.dot_general`s only:
+matmuls run as `vit_jax.perf.cpu_gemm` OpenBLAS calls are recomputed like
+everything else.
+
+Cost. Without remat, a scan keeps every intermediate of its block for the
+backward pass (JAX's residuals cross the loop boundary, where XLA cannot
+fuse them away as it does in the unrolled model): more temporary memory
+than unrolled. XLA's `memory_analysis` of an SGD train step, XLA:CPU,
+float32, 224 px, batch 8: ViT-L/16 7.4 GiB scanned vs 4.0 GiB unrolled,
+ViT-H/14 16.2 vs 8.7 GiB; with 'nothing_saveable' 1.5 and 3.0 GiB scanned
+(unrolled unchanged: XLA:CPU does not lower it with remat). Scan with a
+remat policy (big_vision's default is 'nothing_saveable');
+benchmarks/scan_compile.py measures it.
 """
 
 import re
@@ -88,7 +102,7 @@ def rematted(block_cls, policy: Optional[str], prevent_cse: bool = True):
 
 def _take(tree, start: int, stop: Optional[int] = None):
   """Row `start` (stop=None) or rows start..stop-1 of every stacked leaf
-  (the leaves themselves when that is all of them: no copy)."""
+  (the leaves themselves when that is all of their rows: no copy)."""
   if stop is None:
     return jax.tree.map(lambda v: v[start], tree)
   return jax.tree.map(
@@ -102,7 +116,7 @@ class BlockStack(nn.Module):
   Attributes:
     block_cls: the block module class (e.g. `vit.EncoderBlock`).
     block_kwargs: its constructor options, the same for every block.
-    length: number of blocks L; parameters are [L, ...].
+    length: number of blocks n; parameters are [n, ...].
     prefix: name of block i in per-block runs: `{prefix}_{i}`.
     remat_policy: one of `REMAT_POLICIES`, applied to every block.
   """
@@ -112,43 +126,38 @@ class BlockStack(nn.Module):
   prefix: str
   remat_policy: str = 'none'
 
-  def _block(self, overrides, in_scan: bool):
+  def _block(self, in_scan: bool):
     policy = remat_policy(self.remat_policy)
     cls = rematted(self.block_cls, policy, prevent_cse=not in_scan)
-    return lambda name: cls(**{**self.block_kwargs, **overrides}, name=name)
+    return lambda name: cls(**self.block_kwargs, name=name)
 
-  def _scan(self, make, n: int, x, call_kwargs):
-    """`nn.scan` of the block `make('blocks')` over n stacked parameter rows."""
+  def _scan(self, n: int, x, call_kwargs):
+    """`nn.scan` of one block (`blocks`) over n stacked parameter rows."""
     def body(block, carry, _):
       return block(carry, **call_kwargs), None
     scanned = nn.scan(body, variable_axes={'params': 0},
                       split_rngs={'params': True, 'dropout': True}, length=n)
-    return scanned(make('blocks'), x, None)[0]
+    return scanned(self._block(in_scan=True)('blocks'), x, None)[0]
 
   def _create(self, x, call_kwargs):
-    """Creates the [L, ...] parameters (init only): a scan over all blocks.
+    """Creates the [n, ...] parameters (init only): a scan over all blocks.
     Its output is not used (init's output comes from the run that follows)."""
-    def create(mdl, x):
-      return mdl._scan(mdl._block({}, in_scan=True), mdl.length, x,
-                       call_kwargs)
     out = lambda v: {'params': v['params']['blocks']}
-    nn.map_variables(create, 'params', trans_out_fn=out, init=True,
+    nn.map_variables(lambda mdl, x: mdl._scan(mdl.length, x, call_kwargs),
+                     'params', trans_out_fn=out, init=True,
                      mutable=True)(self, x)
 
   @nn.compact
   def __call__(self, x, start: int = 0, stop: Optional[int] = None, *,
                unrolled: bool = False,
-               block_overrides: Optional[Mapping[str, Any]] = None,
                call_kwargs: Optional[Mapping[str, Any]] = None):
-    """Blocks start..stop-1 (stop defaults to L) applied to x in order.
+    """Blocks start..stop-1 (stop defaults to n) applied to x in order.
 
     Args:
       x: the blocks' input, e.g. tokens [B, N, D].
-      start, stop: the range of blocks, 0 <= start <= stop <= L.
+      start, stop: the range of blocks, 0 <= start <= stop <= n.
       unrolled: apply the blocks one by one (named `{prefix}_{i}`) instead
         of scanning.
-      block_overrides: constructor options for the blocks of this run (e.g.
-        `first_token_only=True`); parameters are shared all the same.
       call_kwargs: keyword arguments of each block call (e.g.
         `deterministic`).
 
@@ -165,7 +174,6 @@ class BlockStack(nn.Module):
     if start == stop:
       return x
     per_block = unrolled or stop - start == 1
-    overrides = dict(block_overrides or {})
 
     def view(v):
       t = v['params']
@@ -175,9 +183,9 @@ class BlockStack(nn.Module):
       return {'params': {'blocks': _take(t, start, stop)}}
 
     def run(mdl, x):
-      make = mdl._block(overrides, in_scan=not per_block)
       if not per_block:
-        return mdl._scan(make, stop - start, x, call_kwargs)
+        return mdl._scan(stop - start, x, call_kwargs)
+      make = mdl._block(in_scan=False)
       for i in range(start, stop):
         x = make(f'{mdl.prefix}_{i}')(x, **call_kwargs)
       return x
@@ -202,7 +210,7 @@ def unflatten(flat: Flat) -> dict:
 
 
 def stacks(flat: Flat) -> dict[str, int]:
-  """{'Transformer/encoderblock': L} for the stacked block groups in flat."""
+  """{'Transformer/encoderblock': n} for the stacked block groups in flat."""
   out = {}
   for k, v in flat.items():
     if m := _STACKED.match(k):
@@ -216,33 +224,38 @@ def _stack_arrays(arrays):
   return np.stack([np.asarray(a) for a in arrays])
 
 
-def stack(flat: Flat, groups: Optional[Any] = None) -> Flat:
-  """Per-block keys `P/{name}_{i}/K` (i = 0..L-1) -> `P/{name}/K` [L, ...].
+def stack(flat: Flat, lengths: Optional[Mapping[str, int]] = None) -> Flat:
+  """Per-block keys `P/{name}_{i}/K`, i < n -> `P/{name}/K` [n, ...].
 
   Args:
-    flat: a flat parameter dict.
-    groups: the group prefixes `P/{name}` to stack (e.g.
-      'Transformer/encoderblock'); default: every group found.
+    flat: a flat parameter dict, its blocks per block.
+    lengths: {group prefix `P/{name}`: n}: the groups to stack and how many
+      leading blocks (blocks n.. keep their keys); default: every group
+      found, all of its blocks.
 
   Raises:
-    ValueError (one line) when a group's block numbers are not 0..L-1 or its
-    blocks differ in keys or shapes (naming the key).
+    ValueError (one line) when the blocks to stack are not 0..n-1, or differ
+    in keys or shapes (naming the key).
   """
   found: dict[str, dict[int, dict[str, Any]]] = {}
+  for k, v in flat.items():
+    if m := _PER_BLOCK.match(k):
+      found.setdefault(m.group(1) + m.group(2), {}).setdefault(
+          int(m.group(3)), {})[m.group(4)] = v
+  if lengths is None:
+    lengths = {g: len(blocks) for g, blocks in found.items()}
   out = {}
   for k, v in flat.items():
     m = _PER_BLOCK.match(k)
-    group = m and m.group(1) + m.group(2)
-    if m and (groups is None or group in groups):
-      found.setdefault(group, {}).setdefault(int(m.group(3)), {})[
-          m.group(4)] = v
-    else:
+    if not (m and int(m.group(3)) < lengths.get(m.group(1) + m.group(2), 0)):
       out[k] = v
-  for group, blocks in found.items():
-    n = len(blocks)
-    if sorted(blocks) != list(range(n)):
-      raise ValueError(f'{group}: block numbers {sorted(blocks)} are not '
-                       f'0..{n - 1}; cannot stack them')
+  for group, n in lengths.items():
+    blocks = found.get(group, {})
+    if n == 0:
+      continue
+    if any(i not in blocks for i in range(n)):
+      raise ValueError(f'{group}: block numbers {sorted(blocks)} do not '
+                       f'cover 0..{n - 1}; cannot stack them')
     keys = set(blocks[0])
     for i in range(n):
       if set(blocks[i]) != keys:
@@ -259,45 +272,45 @@ def stack(flat: Flat, groups: Optional[Any] = None) -> Flat:
   return out
 
 
-def unstack(flat: Flat, groups: Optional[Any] = None) -> Flat:
-  """`P/{name}/K` [L, ...] -> per-block keys `P/{name}_{i}/K` (i < L).
+def unstack(flat: Flat) -> Flat:
+  """`P/{name}/K` [n, ...] -> per-block keys `P/{name}_{i}/K` (i < n);
+  other keys (blocks after a stack among them) as they are.
 
   Raises:
-    ValueError (one line) when the arrays of a group disagree on L.
+    ValueError (one line) when the arrays of a group disagree on n, or a
+    block is both in a stack and on its own.
   """
   lengths = stacks(flat)
   out = {}
   for k, v in flat.items():
     m = _STACKED.match(k)
-    group = m and m.group(1) + m.group(2)
-    if not m or (groups is not None and group not in groups):
+    if not m:
+      if k in out:
+        raise ValueError(f'{k}: the block is both stacked and on its own')
       out[k] = v
       continue
+    group = m.group(1) + m.group(2)
     if np.ndim(v) == 0 or np.shape(v)[0] != lengths[group]:
       raise ValueError(f'{k}: leading axis {np.shape(v)[:1]} differs from '
                        f'the {lengths[group]} blocks of {group}')
     for i in range(lengths[group]):
-      out[f'{group}_{i}/{m.group(3)}'] = v[i]
+      key = f'{group}_{i}/{m.group(3)}'
+      if key in flat:
+        raise ValueError(f'{key}: the block is both stacked and on its own')
+      out[key] = v[i]
   return out
 
 
 def to_layout(flat: Flat, like: Flat) -> Flat:
-  """`flat` with each block group stacked or per-block as in `like`.
-
-  A group stacked in `like` (`P/{name}/...`) is stacked in the result; a
-  group per-block in `like` (`P/{name}_{i}/...`) is unstacked; everything
-  else is left as it is.
-  """
-  stacked_like = set(stacks(like))
-  per_block_like = {m.group(1) + m.group(2) for k in like
-                    if (m := _PER_BLOCK.match(k))}
-  flat = unstack(flat, per_block_like)
-  return stack(flat, stacked_like)
+  """`flat` (either layout) in the layout of `like`: each group stacked in
+  `like` (its first n blocks) is stacked as there, every other block is per
+  block; keys that are not blocks are left as they are."""
+  return stack(unstack(flat), stacks(like))
 
 
-def stack_tree(params) -> dict:
-  """A nested parameter tree in the scanned layout (every group stacked)."""
-  return unflatten(stack(flatten(params)))
+def stack_tree(params, lengths: Optional[Mapping[str, int]] = None) -> dict:
+  """A nested parameter tree with its blocks stacked (`stack`)."""
+  return unflatten(stack(flatten(params), lengths))
 
 
 def unstack_tree(params) -> dict:

@@ -262,15 +262,17 @@ class Encoder(nn.Module):
   token's one-token pass is recorded after them in the same `sow` tuple,
   which `intermediates.collect` drops.
 
-  `scan_layers=True`: the blocks are one `vit_jax.models.scan.BlockStack`
-  named `encoderblock`, parameters stacked [L, ...] (`Transformer/
-  encoderblock/...`; `.npz` files keep `encoderblock_{i}`, see
-  `vit_jax.models.scan`). The runs above are segments of it: blocks 0..k-1
-  (patch tokens, then the class token alone), blocks k..L-2 as one scan,
-  and the last block on its own when it computes the class token alone
-  (`EncoderBlock.first_token_only`), else k..L-1 as one scan. While
-  intermediates are recorded the segments run block by block (recorded
-  under `encoderblock/encoderblock_{i}`, the unrolled model's values).
+  `scan_layers=True`: blocks 0..L-2 are one `vit_jax.models.scan.BlockStack`
+  named `encoderblock`, parameters stacked [L-1, ...] (`Transformer/
+  encoderblock/...`), and block L-1 keeps its own `encoderblock_{L-1}`
+  (`.npz` files hold every block as `encoderblock_{i}`; see
+  `vit_jax.models.scan`). Normally that is one `nn.scan` over the whole
+  stack and the last block, computing the class token alone when only it
+  is read (`EncoderBlock.first_token_only`), without copying the stack. CLS
+  late insertion runs slices of the stack: blocks 0..k-1 (patch tokens,
+  then the class token alone), k..L-2, then the last block. While
+  intermediates are recorded the stack runs block by block (recorded under
+  `encoderblock/encoderblock_{i}`, the unrolled model's values).
   `remat_policy` (`scan.REMAT_POLICIES`) applies `nn.remat` to every block,
   scanned or not; `remat=True` is 'nothing_saveable'.
   """
@@ -354,17 +356,22 @@ class Encoder(nn.Module):
         return x
       return run
 
-    stack = scan.BlockStack(EncoderBlock, block_kw, n_layers, 'encoderblock',
-                            policy or 'none', name='encoderblock')
-    kw = dict(unrolled=self.is_mutable_collection('intermediates'),
-              call_kwargs=dict(deterministic=not train))
+    # Blocks 0..L-2 stacked, block L-1 on its own (`Encoder` doc).
+    stack = scan.BlockStack(EncoderBlock, block_kw, n_layers - 1,
+                            'encoderblock', policy or 'none',
+                            name='encoderblock')
+    last = scan.rematted(EncoderBlock, policy)(
+        **block_kw, first_token_only=class_token_only,
+        name=f'encoderblock_{n_layers - 1}')
+    unrolled = self.is_mutable_collection('intermediates')
 
     def run_scanned(x, start, stop):
-      if class_token_only and stop == n_layers and start < stop:
-        x = stack(x, start, stop - 1, **kw)
-        return stack(x, stop - 1, stop,
-                     block_overrides=dict(first_token_only=True), **kw)
-      return stack(x, start, stop, **kw)
+      if start < min(stop, n_layers - 1):
+        x = stack(x, start, min(stop, n_layers - 1), unrolled=unrolled,
+                  call_kwargs=dict(deterministic=not train))
+      if stop == n_layers and start < stop:
+        x = last(x, deterministic=not train)
+      return x
     return run_scanned
 
 
@@ -442,9 +449,9 @@ class VisionTransformer(nn.Module):
     remat_policy: 'none', 'nothing_saveable', 'dots_saveable' or
       'dots_with_no_batch_dims_saveable': the `jax.checkpoint_policies`
       policy of `nn.remat` around every block (`vit_jax.models.scan`).
-    scan_layers: the encoder blocks as an `nn.scan` with parameters stacked
-      [L, ...] (`Transformer/encoderblock/...`): one block compiled instead
-      of L; see `Encoder`.
+    scan_layers: encoder blocks 0..L-2 as an `nn.scan` with parameters
+      stacked [L-1, ...] (`Transformer/encoderblock/...`), the last block
+      apart: two blocks compiled instead of L; see `Encoder`.
     attention_fn, dot_general, conv_general_dilated, group_norm_cls,
       weight_standardize: computation hooks with stock defaults (the
       einsum attention, lax's products, flax's GroupNorm); set from
