@@ -13,8 +13,10 @@ forward; train: AdamW step on softmax cross-entropy), fp32, batch
 `--batch` (32) at `--resolution` (224) px, the step is compiled for every
 combination of the pieces of `vit_jax.perf.hooks` that apply to the model
 (`PIECES`, restricted by `--pieces`), in each allocator setting of
-`--allocators` (`vit_jax.perf.host_malloc`: 'default' glibc malloc,
-'mallopt' its settings, 'hugetlb' those plus `glibc.malloc.hugetlb=1`).
+`--allocators` (`vit_jax.perf.host_malloc`: 'default' glibc malloc, 'mallopt' its
+settings, 'thp' those plus the step's heap reserved on transparent huge
+pages after compiling (`host_malloc.reserve(temp, huge_pages=True)`),
+'hugetlb' mallopt plus the environment's `glibc.malloc.hugetlb=1`).
 With more combinations than `--max_combinations` the design is the stock
 path, each piece changed alone from it, the previous default (`LEGACY`,
 everything on) and each piece reverted alone from that.
@@ -73,7 +75,7 @@ FAMILY_PIECES = {
 LEGACY = dict(cpu_gemm='on', attention='custom_grad', conv='implicit_gemm',
               group_norm='two_stage', weight_std='custom_grad',
               microbatches='auto')
-ALLOCATORS = ('default', 'mallopt', 'hugetlb')
+ALLOCATORS = ('default', 'mallopt', 'thp', 'hugetlb')
 
 
 def combinations(family: str, pieces: Optional[list[str]],
@@ -114,7 +116,7 @@ def _worker(allocator: str) -> int:
   os.dup2(2, 1)  # everything else printed goes to stderr
   sys.path.insert(0, REPO)
   from vit_jax.perf import host_malloc  # pylint: disable=g-import-not-at-top
-  if allocator in ('mallopt', 'hugetlb'):
+  if allocator in ('mallopt', 'thp', 'hugetlb'):
     if not host_malloc.apply('on'):
       raise RuntimeError('mallopt failed (not glibc?)')
   # pylint: disable=g-import-not-at-top
@@ -162,10 +164,9 @@ def _worker(allocator: str) -> int:
         fn = step.lower(params, opt_state, images, labels).compile()
         call = lambda fn=fn: fn(params, opt_state, images, labels)[2]
       compile_s = time.perf_counter() - t0
-      try:
-        host_malloc.reserve(2 * fn.memory_analysis().temp_size_in_bytes)
-      except Exception:  # pylint: disable=broad-except
-        pass
+      if allocator == 'thp':  # the step's temporaries on huge pages
+        host_malloc.reserve(fn.memory_analysis().temp_size_in_bytes,
+                            huge_pages=True)
       for _ in range(b.get('warmup', 1)):
         jax.block_until_ready(call())
       sid = len(steps)
@@ -273,6 +274,7 @@ def run_case(workers: list[Worker], case: str, mode: str,
 
 
 def print_table(rows: list[dict[str, Any]], log=print) -> None:
+  """The rows of one case and mode, fastest first."""
   if not rows:
     return
   r0 = rows[0]
@@ -281,14 +283,15 @@ def print_table(rows: list[dict[str, Any]], log=print) -> None:
       f'{r0["batch"]}, {r0["resolution"]} px; {len(r0["step_s"])} rounds, '
       'median; ratio to stock '
       f'[{rows[0]["allocator"]}]; timed {r0["timed_from"]}-{r0["timed_to"]} '
-      f'UTC, load average {r0["load_avg"][0]:.1f} -> {r0["load_avg"][1]:.1f}')
+      f'UTC, load average {r0["load_avg"][0]:.1f} -> {r0["load_avg"][1]:.1f}',
+      flush=True)
   log(f'  {"allocator":9} {"combination":58} {"img/s":>7} {"ratio":>6} '
       f'{"faults/step":>11} {"k":>2}')
   for r in sorted(rows, key=lambda r: -r['img_per_s']):
     mark = '  <- fastest' if r is fastest else ''
     log(f'  {r["allocator"]:9} {r["label"]:58} {r["img_per_s"]:7.2f} '
         f'{r["ratio_to_stock"] or 0:6.3f} {r["faults_per_step"]:11.0f} '
-        f'{r["microbatches"]:2d}{mark}')
+        f'{r["microbatches"]:2d}{mark}', flush=True)
 
 
 def parse_args(argv):
