@@ -27,7 +27,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
 from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top
-from vit_jax.models import resnet  # pylint: disable=g-import-not-at-top
+from vit_jax.perf import conv  # pylint: disable=g-import-not-at-top
 
 # (input size, input features, output features, kernel, stride) of R26+S/32's
 # root and its 3x3 convs (stages 1-4: first unit strided after stage 1).
@@ -50,7 +50,7 @@ def measure(batch: int, size: int, c: int, o: int, k: int, s: int,
             steps: int) -> dict:
   """Milliseconds of each way of computing one convolution and its kernel
   gradient ('SAME' padding), and the convolution's GFLOP."""
-  pads = resnet.explicit_padding((size, size), (k, k), (s, s), 'SAME')
+  pads = conv.explicit_padding((size, size), (k, k), (s, s), 'SAME')
   oh = cpu_gemm.conv_output_size((size, size), (k, k), (s, s), pads)[0]
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (batch, size, size, c))
@@ -58,7 +58,7 @@ def measure(batch: int, size: int, c: int, o: int, k: int, s: int,
   g = jax.random.normal(kg, (batch, oh, oh, o))
 
   def cols(x):
-    return resnet.im2col(x, (k, k), (s, s), 'SAME').reshape(-1, k * k * c)
+    return conv.im2col(x, (k, k), (s, s), pads).reshape(-1, k * k * c)
 
   forward = {
       'implicit': lambda x, w: cpu_gemm.conv(x, w, (k, k), (s, s), pads),

@@ -79,6 +79,13 @@ def shared_data() -> pathlib.Path:
   return d
 
 
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (pyproject.toml): one worker per core, at most 4 (each holds
+  jax, tensorflow and torch, a few GB at its peak)."""
+  del config
+  return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
 def pytest_runtest_logreport(report):
   if report.skipped and 'REAL DATA MISSING' in str(report.longrepr):
     _REAL_DATA_SKIPS.append((report.nodeid, report.longrepr[-1]))

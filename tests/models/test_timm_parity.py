@@ -72,16 +72,23 @@ def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2,
 
 TANH = dict(act_layer='gelu_tanh')  # timm's GELUTanh = flax.linen.gelu
 ERF = dict(mlp_activation='gelu_erf')  # ours, exact: timm's default GELU
+# The larger models with 2 of their 12 blocks (every block is the same code;
+# Ti/16 runs at full depth): (our num_layers, timm depth).
+SHALLOW = (dict(num_layers=2), dict(depth=2))
 
 VIT_CASES = [
     ('Ti/16', 'vit_tiny_patch16_224', 224, {}, TANH),
     ('Ti/16-erf', 'vit_tiny_patch16_224', 224, ERF, {}),
-    ('ViT-B_16', 'vit_base_patch16_224', 224, {}, TANH),
-    ('ViT-B_32', 'vit_base_patch32_384', 384, {}, TANH),
+    ('ViT-B_16', 'vit_base_patch16_224', 224, SHALLOW[0],
+     dict(SHALLOW[1], **TANH)),
+    ('ViT-B_32', 'vit_base_patch32_384', 384, SHALLOW[0],
+     dict(SHALLOW[1], **TANH)),
     # gap: official layout has no class token and pools after encoder_norm
-    ('ViT-S_16-gap-norep', 'vit_small_patch16_224', 224, {},
-     dict(class_token=False, global_pool='avg', fc_norm=False, **TANH)),
-    ('R26+S/32', 'vit_small_r26_s32_224', 224, {}, TANH),
+    ('ViT-S_16-gap-norep', 'vit_small_patch16_224', 224, SHALLOW[0],
+     dict(class_token=False, global_pool='avg', fc_norm=False, **SHALLOW[1],
+          **TANH)),
+    ('R26+S/32', 'vit_small_r26_s32_224', 224, SHALLOW[0],
+     dict(SHALLOW[1], **TANH)),
     ('R_Ti/16', 'vit_tiny_r_s16_p8_224', 224, {}, TANH),
 ]
 
@@ -100,10 +107,10 @@ def test_logits_match_timm(tmp_path, name, timm_name, size, ours_kw, timm_kw):
                          ids=['gelu_tanh', 'gelu_erf'])
 def test_map_head_matches_timm(tmp_path, ours_kw, timm_kw):
   """Attention-pooling head (big_vision MAPHead = timm AttentionPoolLatent)."""
-  model = get_model('S/16', classifier='map', num_classes=10,
-                           **ours_kw)
+  model = get_model('S/16', classifier='map', num_classes=10, num_layers=2,
+                    **ours_kw)
   timm_model = timm.models.VisionTransformer(
-      img_size=64, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+      img_size=64, patch_size=16, embed_dim=384, depth=2, num_heads=6,
       num_classes=10, class_token=False, global_pool='map', **timm_kw)
   compare_with_timm(tmp_path, model, timm_model, 64)
 

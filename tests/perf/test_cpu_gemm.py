@@ -1,16 +1,13 @@
 """The OpenBLAS matmul kernel against numpy and XLA's products: values,
-gradients, the dense-layer dispatch, and whole models with it on and off.
+gradients, the dense-layer dispatch, and whole models with the kernel's
+`dot_general` hook (`config.perf.cpu_gemm='on'`) against the stock models.
 
-The test process has 8 host devices, where `auto` leaves the kernel off (see
-`cpu_gemm.active`); these tests force it on with `cpu_gemm.use(True)`. A
-machine without a C++ compiler fails here (the kernel is part of the CPU
+A machine without a C++ compiler fails here (the kernel is part of the CPU
 fast path); the products still work there, through XLA.
 """
 
 import functools
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +30,9 @@ def _has_kernel_call(fn, *args) -> bool:
 
 def test_kernel_builds_and_registers():
   assert cpu_gemm._registered(), 'see the warning: the kernel did not build'
-  with cpu_gemm.use(True):
-    assert cpu_gemm.active()
-  with cpu_gemm.use(False):
-    assert not cpu_gemm.active()
+  assert cpu_gemm.available()
+  assert not cpu_gemm.applies(jnp.ones((2, 2), jnp.bfloat16))
+  assert not cpu_gemm.applies(jnp.ones((0, 2)))
 
 
 @pytest.mark.parametrize('a_shape,b_shape', [
@@ -84,41 +80,41 @@ def test_matmul_gradients_equal_autodiff(a_shape, b_shape):
 
 
 @pytest.mark.parametrize('trans_a,trans_b', [(0, 0), (0, 1), (1, 0), (1, 1)])
-def test_batched_matmul_on_and_off_equal_einsum(trans_a, trans_b):
+def test_batched_matmul_equals_einsum(trans_a, trans_b):
   ka, kb = jax.random.split(jax.random.key(1))
   a = jax.random.normal(ka, (2, 3, 19, 8))
   b = jax.random.normal(kb, (2, 3, 8, 23))
   want = jnp.einsum('bhij,bhjk->bhik', a, b)
   a_in = jnp.swapaxes(a, -1, -2) if trans_a else a
   b_in = jnp.swapaxes(b, -1, -2) if trans_b else b
-  for on in (True, False):
-    with cpu_gemm.use(on):
-      fn = lambda x, y: cpu_gemm.batched_matmul(x, y, trans_a, trans_b)
-      assert _has_kernel_call(fn, a_in, b_in) == on
-      np.testing.assert_allclose(jax.jit(fn)(a_in, b_in), want,
-                                 rtol=1e-5, atol=1e-5)
+  fn = lambda x, y: cpu_gemm.batched_matmul(x, y, trans_a, trans_b)
+  assert _has_kernel_call(fn, a_in, b_in)
+  np.testing.assert_allclose(jax.jit(fn)(a_in, b_in), want,
+                             rtol=1e-5, atol=1e-5)
+  # bf16 operands go through lax.dot_general
+  bf = lambda x: x.astype(jnp.bfloat16)
+  assert not _has_kernel_call(fn, bf(a_in), bf(b_in))
 
 
 def test_dot_general_takes_the_kernel_only_where_it_applies():
   x = jnp.ones((4, 6, 8))
-  with cpu_gemm.use(True):
-    plain = lambda x, w: cpu_gemm.dot_general(x, w, (((2,), (0,)), ((), ())))
-    assert _has_kernel_call(plain, x, jnp.ones((8, 5)))
-    heads_in = lambda y, w: cpu_gemm.dot_general(  # DenseGeneral(axis=(-2,-1))
-        y, w, (((1, 2), (0, 1)), ((), ())))
-    assert _has_kernel_call(heads_in, x, jnp.ones((6, 8, 5)))
-    # Not covered: bf16, batch dims, contraction not trailing / leading.
-    assert not _has_kernel_call(plain, x.astype(jnp.bfloat16),
-                                jnp.ones((8, 5), jnp.bfloat16))
-    batched = lambda x, w: cpu_gemm.dot_general(x, w, (((2,), (1,)),
-                                                       ((0,), (0,))))
-    assert not _has_kernel_call(batched, x, jnp.ones((4, 8, 5)))
-    leading = lambda x, w: cpu_gemm.dot_general(x, w, (((0,), (0,)), ((), ())))
-    assert not _has_kernel_call(leading, x, jnp.ones((4, 5)))
-    np.testing.assert_allclose(
-        jax.jit(heads_in)(x, jnp.arange(240.).reshape(6, 8, 5)),
-        jax.lax.dot_general(x, jnp.arange(240.).reshape(6, 8, 5),
-                            (((1, 2), (0, 1)), ((), ()))), rtol=1e-6)
+  plain = lambda x, w: cpu_gemm.dot_general(x, w, (((2,), (0,)), ((), ())))
+  assert _has_kernel_call(plain, x, jnp.ones((8, 5)))
+  heads_in = lambda y, w: cpu_gemm.dot_general(  # DenseGeneral(axis=(-2,-1))
+      y, w, (((1, 2), (0, 1)), ((), ())))
+  assert _has_kernel_call(heads_in, x, jnp.ones((6, 8, 5)))
+  # Not covered: bf16, batch dims, contraction not trailing / leading.
+  assert not _has_kernel_call(plain, x.astype(jnp.bfloat16),
+                              jnp.ones((8, 5), jnp.bfloat16))
+  batched = lambda x, w: cpu_gemm.dot_general(x, w, (((2,), (1,)),
+                                                     ((0,), (0,))))
+  assert not _has_kernel_call(batched, x, jnp.ones((4, 8, 5)))
+  leading = lambda x, w: cpu_gemm.dot_general(x, w, (((0,), (0,)), ((), ())))
+  assert not _has_kernel_call(leading, x, jnp.ones((4, 5)))
+  np.testing.assert_allclose(
+      jax.jit(heads_in)(x, jnp.arange(240.).reshape(6, 8, 5)),
+      jax.lax.dot_general(x, jnp.arange(240.).reshape(6, 8, 5),
+                          (((1, 2), (0, 1)), ((), ()))), rtol=1e-6)
 
 
 def _lax_conv(x, kernel, strides, padding):
@@ -192,6 +188,10 @@ def _model_cases():
   }
 
 
+def _with_kernel(model):
+  return model.clone(dot_general=cpu_gemm.dot_general)
+
+
 @pytest.mark.parametrize('name', list(_model_cases()))
 def test_models_same_function_and_gradients_with_the_kernel(name):
   model, size = _model_cases()[name]
@@ -199,17 +199,17 @@ def test_models_same_function_and_gradients_with_the_kernel(name):
   params = model.init(jax.random.key(1), x, train=False)['params']
   labels = jnp.arange(3) % 10
 
-  def loss(params):
-    logits = model.apply({'params': params}, x, train=False)
-    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels]), logits
+  def loss(m):
+    def f(params):
+      logits = m.apply({'params': params}, x, train=False)
+      return (-jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels]),
+              logits)
+    return jax.value_and_grad(f, has_aux=True)
 
   results = {}
-  for on in (True, False):
-    with cpu_gemm.use(on):
-      fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-      assert _has_kernel_call(jax.value_and_grad(loss, has_aux=True),
-                              params) == on
-      results[on] = fn(params)
+  for on, m in ((True, _with_kernel(model)), (False, model)):
+    assert _has_kernel_call(loss(m), params) == on
+    results[on] = jax.jit(loss(m))(params)
   (l1, logits1), g1 = results[True]
   (l0, logits0), g0 = results[False]
   np.testing.assert_allclose(logits1, logits0, rtol=1e-4, atol=1e-5)
@@ -220,32 +220,9 @@ def test_models_same_function_and_gradients_with_the_kernel(name):
 
 def test_flops_count_the_kernel_products_too():
   model, size = _model_cases()['hybrid']
-  counts = []
-  for on in (True, False):
-    with cpu_gemm.use(on):
-      counts.append(flops.forward_flops(model, (size, size), train=False))
+  counts = [flops.forward_flops(m, (size, size), train=False)
+            for m in (_with_kernel(model), model)]
   assert counts[0] == counts[1] > 0
-
-
-def test_bad_mode_is_an_error(monkeypatch):
-  monkeypatch.setenv('VIT_JAX_CPU_GEMM', 'fast')
-  with pytest.raises(ValueError, match='auto, on or off'):
-    cpu_gemm.active()
-
-
-def test_auto_is_off_with_several_devices_on_with_one(monkeypatch):
-  monkeypatch.setenv('VIT_JAX_CPU_GEMM', 'auto')
-  assert jax.device_count() == 8
-  assert not cpu_gemm.active()
-  code = ('from vit_jax.perf import cpu_gemm; import jax; '
-          'print(jax.device_count(), cpu_gemm.active())')
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['VIT_JAX_CPU_GEMM'] = 'auto'
-  out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
-                       capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(
-                           os.path.dirname(os.path.abspath(__file__)))))
-  assert out.stdout.split() == ['1', 'True']
 
 
 def test_builds_from_scratch_into_an_empty_cache(tmp_path):

@@ -48,11 +48,11 @@ INTS = {'microbatches': 0, 'cudnn_seq_multiple': 1}  # key -> minimum
 
 # What 'auto' means on a single-device CPU (benchmarks/perf_defaults.py).
 CPU_DEFAULTS = {
-    'cpu_gemm': 'off',
-    'attention': 'einsum',
-    'conv': 'xla',
-    'group_norm': 'flax',
-    'weight_std': 'plain',
+    'cpu_gemm': 'on',
+    'attention': 'custom_grad',
+    'conv': 'implicit_gemm',
+    'group_norm': 'two_stage',
+    'weight_std': 'custom_grad',
 }
 # ... and everywhere else: the stock path.
 STOCK = {
