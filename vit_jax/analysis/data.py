@@ -29,9 +29,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def shared_data_dir() -> pathlib.Path:
-  """$VIT_JAX_SHARED_DATA, default <repo>/../shared/data."""
-  return pathlib.Path(os.environ.get('VIT_JAX_SHARED_DATA',
-                                     REPO.parent / 'shared' / 'data'))
+  """$VIT_JAX_SHARED_DATA; else ../shared/data next to the repository, or,
+  when the package is installed (no repository around it), next to the
+  working directory (the rule of configs/common.py)."""
+  if 'VIT_JAX_SHARED_DATA' in os.environ:
+    return pathlib.Path(os.environ['VIT_JAX_SHARED_DATA'])
+  root = REPO if (REPO / 'configs').is_dir() else pathlib.Path.cwd()
+  return root.parent / 'shared' / 'data'
 
 
 def list_images(paths: Sequence[str]) -> list[str]:
