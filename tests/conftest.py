@@ -86,6 +86,25 @@ def pytest_xdist_auto_num_workers(config):
   return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """Parallel runs (`--dist loadgroup`, pyproject.toml): the tests of a file
+  that share a module-scoped fixture (a training run, a built wheel) go to
+  one worker, so the fixture is built once, and go first (they are the
+  long ones); every other test is scheduled on its own."""
+  del config
+  grouped = []
+  for item in items:
+    defs = getattr(getattr(item, '_fixtureinfo', None), 'name2fixturedefs', {})
+    if any(d[-1].scope in ('module', 'package', 'class')
+           for d in defs.values()):
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+      grouped.append(item)
+  if grouped:
+    ids = {id(i) for i in grouped}
+    items[:] = grouped + [i for i in items if id(i) not in ids]
+
+
 def pytest_runtest_logreport(report):
   if report.skipped and 'REAL DATA MISSING' in str(report.longrepr):
     _REAL_DATA_SKIPS.append((report.nodeid, report.longrepr[-1]))
