@@ -50,6 +50,16 @@ if os.environ.get(SHARED_DATA_VAR):  # absolute: subprocesses run in REPO
   os.environ[SHARED_DATA_VAR] = os.path.abspath(os.environ[SHARED_DATA_VAR])
 
 
+def subprocess_env() -> dict:
+  """os.environ without the JAX_* / XLA_* settings of this test process (8
+  forced devices, ...), for a subprocess that picks its own, but with the
+  session's compilation cache (a relaunch reuses what the first launch
+  compiled)."""
+  return {k: v for k, v in os.environ.items()
+          if not k.startswith(('JAX_', 'XLA_'))
+          or k.startswith(('JAX_COMPILATION_CACHE', 'JAX_PERSISTENT_CACHE'))}
+
+
 def shared_data_dir() -> pathlib.Path:
   """Real data: $VIT_JAX_SHARED_DATA, default ../shared/data next to the
   repository (as configs/common.py and vit_jax.analysis.data read it)."""
@@ -84,25 +94,6 @@ def pytest_xdist_auto_num_workers(config):
   jax, tensorflow and torch, a few GB at its peak)."""
   del config
   return max(1, min(len(os.sched_getaffinity(0)), 4))
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-  """Parallel runs (`--dist loadgroup`, pyproject.toml): the tests of a file
-  that share a module-scoped fixture (a training run, a built wheel) go to
-  one worker, so the fixture is built once, and go first (they are the
-  long ones); every other test is scheduled on its own."""
-  del config
-  grouped = []
-  for item in items:
-    defs = getattr(getattr(item, '_fixtureinfo', None), 'name2fixturedefs', {})
-    if any(d[-1].scope in ('module', 'package', 'class')
-           for d in defs.values()):
-      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-      grouped.append(item)
-  if grouped:
-    ids = {id(i) for i in grouped}
-    items[:] = grouped + [i for i in items if id(i) not in ids]
 
 
 def pytest_runtest_logreport(report):

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import conftest
 from tests.conftest import REPO
 
 # The notice needs about a second to reach the other process (the run goes
@@ -48,8 +49,7 @@ def _launch(workdir, logs):
   port = _port()
   procs = []
   for i, log in enumerate(logs):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(('JAX_', 'XLA_'))}
+    env = conftest.subprocess_env()
     env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
                XLA_FLAGS='--xla_force_host_platform_device_count=1')
     out = open(log, 'w')
@@ -173,8 +173,7 @@ for step in range(1, 3_000):  # 30 s at most
 @pytest.mark.parametrize('service', ['on', 'off'])
 def test_stop_flag_agrees_across_processes(service, tmp_path):
   port = _port()
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(('JAX_', 'XLA_'))}
+  env = conftest.subprocess_env()
   env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
   logs = [tmp_path / f'{i}.log' for i in range(2)]
   procs = []
