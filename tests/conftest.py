@@ -18,6 +18,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Most XLA optimizations off (3x faster compiles of small models; numerics
+# unchanged beyond float rounding), here and in the subprocesses; a test that
+# needs the optimizing compiler turns them back on (`optimized_compile`).
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # keep torch/tf off GPUs
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix='vit_jax_tests_xla_cache_')
@@ -115,13 +119,24 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture
+def optimized_compile():
+  """XLA's optimizations on for the test (what a run compiles)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  was = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', False)
+  yield
+  jax.config.update('jax_disable_most_optimizations', was)
+
+
+@pytest.fixture
 def fast_compile():
   """Turns most XLA optimizations off for the test (3x faster compiles of
   small models; numerics unchanged beyond float rounding)."""
   import jax  # pylint: disable=g-import-not-at-top
+  was = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   yield
-  jax.config.update('jax_disable_most_optimizations', False)
+  jax.config.update('jax_disable_most_optimizations', was)
 
 
 def random_image_folder(root: pathlib.Path, classes, per_class: int,

@@ -40,12 +40,13 @@ def one_step(config, devices, workdir):
 def reference(tmp_path_factory):
   """One step on a single device."""
   config = train_config()
+  was = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     _, state, m = one_step(config, jax.devices()[:1],
                            tmp_path_factory.mktemp('ref'))
   finally:
-    jax.config.update('jax_disable_most_optimizations', False)
+    jax.config.update('jax_disable_most_optimizations', was)
   return jax.device_get(state.params), float(m['loss'])
 
 

@@ -43,12 +43,13 @@ def four_steps(**overrides):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """A finished 4-step run (steps 2 and 4 saved) and its final params."""
+  was = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', True)
   try:
     workdir = tmp_path_factory.mktemp('trained') / 'w'
     out = run(four_steps(), workdir)
   finally:
-    jax.config.update('jax_disable_most_optimizations', False)
+    jax.config.update('jax_disable_most_optimizations', was)
   return workdir, jax.device_get(out['state'].params), out['train_losses']
 
 
