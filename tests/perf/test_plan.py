@@ -68,6 +68,22 @@ def test_parameter_bytes_match_timm_and_xla_arguments():
                           + p.temp_bytes)
 
 
+@pytest.mark.parametrize('model,published', [('g/14', 1011e6),
+                                             ('G/14', 1843e6)])
+def test_giant_models_compile_abstractly_under_fsdp_on_8_devices(
+    model, published):
+  """Zhai et al. 2022's ViT-g/14 and ViT-G/14: the real train step, scanned
+  with remat, lowered and compiled for an 8-way FSDP mesh on abstract
+  arrays (nothing allocated); each device holds an eighth of the float32
+  parameters (the paper's parameter counts, Table 2, to 0.1 %)."""
+  p = _plan(f'--model={model}', '--resolution=224', '--batch=256',
+            '--devices=8', '--mesh=fsdp=8', '--dtype=float32',
+            '--remat=nothing_saveable', '--set=model.scan_layers=True')
+  assert abs(p.num_params - published) < 1e-3 * published, p.num_params
+  assert p.param_bytes == pytest.approx(4 * p.num_params / 8, rel=1e-3)
+  assert 0 < p.temp_bytes and p.peak_bytes < 16 * 2**30
+
+
 def test_fsdp_shards_the_state_and_remat_shrinks_temporaries():
   common = ('--model=Ti/16', '--resolution=224', '--batch=32', '--devices=8',
             '--dtype=float32', '--set=model.num_layers=4')
