@@ -35,8 +35,8 @@ with `nn.remat` (scanned or not): 'none' (no remat), 'nothing_saveable'
 'dots_saveable' (keep every matmul output), 'dots_with_no_batch_dims_saveable'
 (keep the matmul outputs without batch dimensions: the projections and MLP,
 not the attention products). The dots policies see `lax.dot_general`s only:
-matmuls run as `vit_jax.perf.cpu_gemm` OpenBLAS calls are recomputed like
-everything else.
+matmuls that a `dot_general` hook computes as a custom call are recomputed
+like everything else.
 
 Cost. Without remat, a scan keeps every intermediate of its block for the
 backward pass (JAX's residuals cross the loop boundary, where XLA cannot
