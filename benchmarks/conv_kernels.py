@@ -23,7 +23,6 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from vit_jax.perf import bench  # pylint: disable=g-import-not-at-top
 from vit_jax.perf import cpu_gemm  # pylint: disable=g-import-not-at-top

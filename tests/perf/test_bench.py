@@ -7,11 +7,9 @@ speed (benchmarks are scripts, not timed tests).
 
 import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 

@@ -5,7 +5,6 @@ relaunch must resume from it and end with the parameters and optimizer state
 of a straight run, array for array (numpy, read back from the checkpoints).
 """
 
-import os
 import pathlib
 import re
 import signal

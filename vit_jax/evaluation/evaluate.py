@@ -15,7 +15,6 @@ import numpy as np
 import optax
 
 from vit_jax.data import device_data
-from vit_jax.training import metrics
 from vit_jax.perf import microbatch
 
 

@@ -41,7 +41,6 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.extend
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vit_jax import models

@@ -18,7 +18,7 @@ summation order differs.
 """
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 from jax import lax
