@@ -152,3 +152,16 @@ def random_image_folder(root: pathlib.Path, classes, per_class: int,
       Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(
           root / c / f'{i}.png')
   return root
+
+
+def read_scalars(workdir) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} from the TensorBoard event files of a workdir
+  (read by TensorFlow's own reader)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for f in sorted((pathlib.Path(workdir) / 'tensorboard').iterdir()):
+    for event in tf.compat.v1.train.summary_iterator(str(f)):
+      for v in event.summary.value:
+        value = float(tf.make_ndarray(v.tensor))
+        out.setdefault(v.tag, {})[event.step] = value
+  return out

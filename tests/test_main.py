@@ -276,10 +276,29 @@ def finished(tmp_path_factory):
               history=history)
 
 
+def test_tensorflow_load_notes_are_printed_once():
+  """TensorFlow logs its load-time notes (oneDNN, CPU features) from two of
+  its libraries; `main.import_tensorflow`, which runs that load for the
+  tf.data datasets, prints each line once."""
+  env = _env()
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  proc = subprocess.run(
+      [sys.executable, '-c',
+       'from vit_jax import main; main.import_tensorflow()'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stderr.splitlines()
+  cpp = [_CPP_LOG.sub('', l) for l in lines if _CPP_LOG.match(l)]
+  assert cpp, proc.stderr  # TensorFlow did log (else nothing is tested)
+  assert len(cpp) == len(set(cpp)), proc.stderr[-3000:]
+  assert sum('before absl::InitializeLog()' in l for l in lines) <= 1
+
+
 def test_library_log_lines_are_not_repeated(finished):
-  """TensorFlow logs its load-time notes from two of its libraries; each
-  line is printed once."""
+  """No C++ log line twice in a run (the synthetic data of this run loads
+  no TensorFlow at all)."""
   for proc in (finished['first'], finished['second']):
+    assert 'oneDNN' not in proc.stderr  # TensorFlow's load note
     lines = proc.stderr.splitlines()
     cpp = [_CPP_LOG.sub('', l) for l in lines if _CPP_LOG.match(l)]
     assert len(cpp) == len(set(cpp)), proc.stderr[-3000:]

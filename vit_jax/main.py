@@ -256,6 +256,16 @@ class _NoLoggedTracebacks(pylogging.Filter):
 _CPP_LOG_PREFIX = re.compile(r'^[IWEF]\d{4} [\d:.]+\s+\d+ ')
 
 
+def needs_tensorflow(config, workdir: str) -> bool:
+  """Whether the run loads TensorFlow: the tf.data input pipelines
+  (`vit_jax.data.input_pipeline`) and bucket paths (`gs://`, tf.io.gfile)
+  do; the synthetic and in-memory datasets on local paths do not."""
+  dataset = config.data.dataset
+  local_data = dataset == 'synthetic' or dataset.startswith('inmemory:')
+  paths = (workdir, config.get('pretrained_path') or '')
+  return not local_data or any('://' in p for p in paths)
+
+
 def import_tensorflow() -> None:
   """Imports TensorFlow, each line it logs while loading printed once.
 
@@ -326,8 +336,8 @@ def main(argv) -> int:
       config_lib.validate(config)  # before anything slow
     set_allocator(config)
     init_distributed()
-    if training:
-      import_tensorflow()  # input pipelines, TensorBoard
+    if training and needs_tensorflow(config, FLAGS.workdir):
+      import_tensorflow()
     run(config, FLAGS.workdir)
   except KeyboardInterrupt:
     print('error: interrupted', file=sys.stderr)

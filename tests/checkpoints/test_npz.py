@@ -125,7 +125,7 @@ def test_load_at_higher_resolution_non_square_and_gap(tmp_path):
   expected = scipy.ndimage.zoom(old[0].reshape(4, 4, 32), (6 / 4, 8 / 4, 1),
                                 order=1).reshape(1, 48, 32)
   np.testing.assert_allclose(pe, expected, rtol=1e-5, atol=1e-6)
-  y = dst.apply({'params': out}, jnp.zeros((2, *size, 3)))
+  y = jax.jit(dst.apply)({'params': out}, jnp.zeros((2, *size, 3)))
   assert y.shape == (2, 10)
 
 

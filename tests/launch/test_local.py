@@ -1,8 +1,10 @@
 """The pod story on one machine: `launch/local.sh 2 2` runs vit_jax.main as
-two JAX processes (gloo CPU collectives); the job is killed (SIGKILL, every
-process, as a preempted slice) after its first checkpoint, then relaunched
-with the same command and workdir, and must resume from its last checkpoint
-and finish."""
+two JAX processes (gloo CPU collectives) on a data x fsdp = 2 x 2 mesh; the
+job is killed (SIGKILL, every process, as a preempted slice) after its first
+checkpoint, then relaunched with the same command and workdir, and must
+resume from its last checkpoint and finish. Every step's loss, before the
+kill and after the resume, equals that of the same run in one process on
+one device."""
 
 import os
 import pathlib
@@ -18,8 +20,8 @@ from tests import conftest
 
 from tests.launch import stubs
 
-TOTAL = 120
-EVERY = 20
+TOTAL = 40
+EVERY = 10
 TIMEOUT_S = 240
 
 
@@ -29,7 +31,9 @@ def _command(workdir):
           f'--workdir={workdir}', '--config.batch_size=16',
           '--config.eval_batch_size=40', f'--config.total_steps={TOTAL}',
           '--config.warmup_steps=2', f'--config.checkpoint_every={EVERY}',
-          '--config.log_every=1', '--config.eval_every=0']
+          '--config.log_every=1', '--config.eval_every=0',
+          '--config.mesh.data=2', '--config.mesh.fsdp=2',
+          '--config.optim.momentum_dtype=float32']
 
 
 def _env():
@@ -77,7 +81,8 @@ def killed_then_resumed(tmp_path_factory):
 def test_two_processes_train_and_checkpoint(killed_then_resumed):
   r = killed_then_resumed
   run1 = r['run1']
-  assert re.search(r"\[0\] mesh \{'data': 4.*on 4 devices, 2 processes", run1)
+  assert re.search(r"\[0\] mesh \{'data': 2, 'fsdp': 2, .*on 4 devices, "
+                   '2 processes', run1)
   assert '[1] ' in run1  # the second process ran (its output is prefixed)
   losses = [float(x) for x in re.findall(r'\[0\] step \d+/\d+ loss ([\d.]+)',
                                          run1)]
@@ -98,3 +103,19 @@ def test_killed_run_resumes_from_last_checkpoint(killed_then_resumed):
   assert steps[0] == last + 1 and steps[-1] == TOTAL
   assert re.search(rf'\[0\] eval step {TOTAL}: top1 [\d.]+', run2)
   assert TOTAL in _finalized(r['workdir'])
+
+
+def test_every_loss_equals_one_process_on_one_device(killed_then_resumed,
+                                                     tmp_path):
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from tests.tiny_configs import train_config
+  from vit_jax.training import train
+  two = conftest.read_scalars(killed_then_resumed['workdir'])['train/loss']
+  assert sorted(two) == list(range(1, TOTAL + 1))
+  config = train_config(total_steps=TOTAL, checkpoint_every=EVERY)
+  one = train.train_and_evaluate(config, str(tmp_path / 'one'),
+                                 devices=jax.devices()[:1])['train_losses']
+  assert sorted(one) == sorted(two)
+  for k in one:
+    assert abs(two[k] - one[k]) < 1e-5, (k, two[k], one[k])

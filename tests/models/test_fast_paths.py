@@ -207,7 +207,8 @@ def test_weight_std_hook_gradient_is_the_autodiff_one(shape):
 
 
 # Small members of each family: (name, image size, constructor overrides).
-MODELS = [('mu/16', 32, {}), ('R26+S/32', 64, dict(num_layers=1)),
+MODELS = [('mu/16', 32, {}),
+          ('R26+S/32', 64, dict(num_layers=1, resnet_layers=(1, 1))),
           ('Mixer-mu_16', 32, {})]
 
 

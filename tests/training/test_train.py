@@ -3,15 +3,13 @@ accumulation, interrupt-and-resume, pretrained init, 2-process runs."""
 
 import json
 import os
-import pathlib
-import subprocess
 
 import jax
 import numpy as np
 import pytest
 import scipy.ndimage
 
-from tests.conftest import REPO
+from tests.conftest import read_scalars
 from tests.tiny_configs import train_config
 from vit_jax.data import device_data
 from vit_jax.training import train
@@ -180,18 +178,6 @@ def test_training_learns_and_writes_outputs(tmp_path):
   assert set(events['eval/top1']) == {15, 30}
 
 
-def read_scalars(workdir) -> dict[str, dict[int, float]]:
-  """{tag: {step: value}} from the TensorBoard event files of a workdir."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  out = {}
-  for f in sorted((pathlib.Path(workdir) / 'tensorboard').iterdir()):
-    for event in tf.compat.v1.train.summary_iterator(str(f)):
-      for v in event.summary.value:
-        value = float(tf.make_ndarray(v.tensor))
-        out.setdefault(v.tag, {})[event.step] = value
-  return out
-
-
 def test_pretrained_npz_init_resamples_and_zeroes_head(tmp_path):
   from vit_jax.checkpoints import npz  # pylint: disable=g-import-not-at-top
   from vit_jax import models  # pylint: disable=g-import-not-at-top
@@ -221,39 +207,6 @@ def test_pretrained_npz_init_resamples_and_zeroes_head(tmp_path):
   np.testing.assert_allclose(pe[0, 1:], corners.reshape(4, 32), atol=1e-6)
   assert got['head']['kernel'].shape == (32, 10)
   assert not np.any(got['head']['kernel'])
-
-
-def _losses_2_process(tmp_path, extra):
-  """Runs launch/local.sh with 2 processes x 2 devices; losses per step."""
-  workdir = tmp_path / 'two'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
-  cmd = ['bash', str(REPO / 'launch' / 'local.sh'), '2', '2', '--',
-         '--config=configs/vit.py:mu16,synthetic,res=32',
-         f'--workdir={workdir}'] + extra
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=400)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert '2 processes' in proc.stdout
-  return read_scalars(workdir)['train/loss'], proc.stdout
-
-
-def test_two_processes_equal_one_process(tmp_path):
-  steps = 4
-  extra = ['--config.batch_size=16', '--config.eval_batch_size=40',
-           f'--config.total_steps={steps}', '--config.warmup_steps=2',
-           '--config.log_every=1', '--config.eval_every=0',
-           '--config.checkpoint_every=2', '--config.mesh.data=2',
-           '--config.mesh.fsdp=2', '--config.optim.momentum_dtype=float32']
-  two, stdout = _losses_2_process(tmp_path, extra)
-  assert '[1]' in stdout  # the second process ran
-  config = train_config(total_steps=steps)
-  one = train.train_and_evaluate(config, str(tmp_path / 'one'),
-                                 devices=jax.devices()[:1])['train_losses']
-  assert sorted(two) == list(range(1, steps + 1))
-  for k in one:
-    assert abs(two[k] - one[k]) < 1e-5, (k, two[k], one[k])
-  assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['2', '4']
 
 
 def test_pretrained_from_our_checkpoint_at_higher_resolution(tmp_path):

@@ -1,9 +1,10 @@
 """Metric output: TensorBoard event files in the workdir, stdout, progress.
 
 Only process 0 writes. `MetricWriter.write(step, {...})` logs scalars to
-`WORKDIR/tensorboard/` (tf.summary, so `gs://` workdirs work; view them with
-`tensorboard --logdir WORKDIR/tensorboard`); `last_scalars` reads the newest
-values back (the final eval of a finished run). `Progress` measures img/s and
+`WORKDIR/tensorboard/` (`event_file`: no TensorFlow needed, `gs://` workdirs
+work; view them with `tensorboard --logdir WORKDIR/tensorboard`);
+`last_scalars` reads the newest values back (the final eval of a finished
+run). `Progress` measures img/s and
 the ETA between log lines, from the first step after compilation on.
 """
 
@@ -12,6 +13,7 @@ import time
 from typing import Mapping, Optional
 
 import jax
+from vit_jax.training import event_file
 
 TENSORBOARD_DIR = 'tensorboard'
 
@@ -22,26 +24,14 @@ class MetricWriter:
   def __init__(self, workdir: str):
     self._writer = None
     if jax.process_index() == 0:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], 'GPU')
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(
+      self._writer = event_file.EventFileWriter(
           f'{workdir}/{TENSORBOARD_DIR}')
 
   def write(self, step: int, scalars: Mapping[str, float],
             prefix: str = '') -> None:
     if self._writer is None:
       return
-    tf = self._tf
-    # tf.summary.write with the 'scalars' plugin tag is what
-    # tensorboard's tf.summary.scalar does; it needs no tensorboard package.
-    meta = tf.compat.v1.SummaryMetadata(
-        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(
-            plugin_name='scalars'))
-    with self._writer.as_default():
-      for k, v in scalars.items():
-        tf.summary.write(prefix + k, tf.constant(float(v), tf.float32),
-                         step=step, metadata=meta)
+    self._writer.scalars(step, {prefix + k: v for k, v in scalars.items()})
     self._writer.flush()
 
   def close(self) -> None:
@@ -53,20 +43,14 @@ def last_scalars(workdir: str, prefix: str) -> Optional[dict[str, float]]:
   """{'step': S, name: value, ...}: the scalars `prefix`+name that
   `MetricWriter` wrote at the highest step S of `WORKDIR/tensorboard` (all
   event files; prefix removed), or None when there are none."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
   pattern = f'{workdir}/{TENSORBOARD_DIR}/events.out.tfevents.*'
   found: dict[int, dict[str, float]] = {}
-  for path in sorted(tf.io.gfile.glob(pattern)):
-    try:
-      for record in tf.data.TFRecordDataset(path):
-        event = tf.compat.v1.Event.FromString(record.numpy())
-        for v in event.summary.value:
-          if v.tag.startswith(prefix):
-            found.setdefault(event.step, {})[v.tag[len(prefix):]] = float(
-                tf.make_ndarray(v.tensor))
-    except tf.errors.DataLossError:  # a file cut short: keep what was read
-      continue
+  for path in event_file.glob(pattern):
+    for event in event_file.read_events(path):
+      for v in event.summary.value:
+        if v.tag.startswith(prefix):
+          found.setdefault(event.step, {})[v.tag[len(prefix):]] = (
+              event_file.value_float(v))
   if not found:
     return None
   step = max(found)
