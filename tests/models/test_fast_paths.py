@@ -1,6 +1,6 @@
-"""The models' own exact shortcuts against what they replace (PatchEmbed vs
-flax's convolution, head-major attention vs `jax.nn.dot_product_attention`),
-and every computation hook of `vit_jax.perf.hooks` against the stock path:
+"""The exact shortcuts against what they replace (the patch embedding as a
+matmul vs flax's convolution, head-major attention vs
+`jax.nn.dot_product_attention`), and every computation hook of `vit_jax.perf.hooks` against the stock path:
 same logits and gradients, piece by piece and in whole models."""
 
 import flax.linen as nn
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from vit_jax import models
-from vit_jax.models import patchify
 from vit_jax.models import vit
 from vit_jax.perf import hooks
 
@@ -20,16 +19,20 @@ PIECES = [(k, v) for k, vals in hooks.CHOICES.items()
           for v in vals if v not in ('auto', hooks.STOCK[k], 'cudnn')]
 
 
+@pytest.mark.parametrize('mode', ['im2col', 'implicit_gemm'])
 @pytest.mark.parametrize('patch,size,channels', [
     ((16, 16), (64, 48), 3),
     ((16, 16), (70, 37), 3),   # rows/columns that do not fill a patch
     ((4, 2), (12, 10), 5),     # non-square patches
     ((1, 1), (7, 7), 8),       # the hybrids' 1x1 projection
 ])
-def test_patch_embed_equals_valid_conv(patch, size, channels):
+def test_patch_embed_equals_valid_conv(patch, size, channels, mode):
+  """The conv hook's patch embedding (reshapes and one matmul) against
+  flax's own convolution."""
   x = jax.random.normal(jax.random.key(0), (2, *size, channels))
-  ours = patchify.PatchEmbed(24, patch)
   conv = nn.Conv(24, patch, strides=patch, padding='VALID')
+  ours = conv.clone(conv_general_dilated=hooks.model_overrides(
+      {'conv': mode}, 'cpu', 1)['conv_general_dilated'])
   params = ours.init(jax.random.key(1), x)
   ref_shapes = jax.tree.map(jnp.shape, conv.init(jax.random.key(1), x))
   assert jax.tree.map(jnp.shape, params) == ref_shapes  # checkpoints load
@@ -42,7 +45,9 @@ def test_patch_embed_equals_valid_conv(patch, size, channels):
 
 def test_patch_embed_bfloat16_compute():
   x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
-  m = patchify.PatchEmbed(8, (16, 16), dtype=jnp.bfloat16)
+  m = nn.Conv(8, (16, 16), strides=(16, 16), padding='VALID',
+              dtype=jnp.bfloat16, conv_general_dilated=hooks.model_overrides(
+                  {'conv': 'implicit_gemm'}, 'cpu', 1)['conv_general_dilated'])
   params = m.init(jax.random.key(1), x)
   assert params['params']['kernel'].dtype == jnp.float32
   assert m.apply(params, x).dtype == jnp.bfloat16

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models import gelu
-from vit_jax.models import patchify
 from vit_jax.models import scan
 
 Dtype = jnp.dtype
@@ -88,8 +87,8 @@ class MlpMixer(nn.Module):
 
   `mlp_activation`: 'gelu_tanh' (the official code's `flax.linen.gelu`, which
   trained the released checkpoints) or 'gelu_erf' (`vit_jax.models.gelu`).
-  `dot_general`: every dense layer's and the stem's product (flax's hook;
-  None: `lax.dot_general`; `vit_jax.perf.hooks` sets it from `config.perf`).
+  `dot_general`: every dense layer's product, `conv_general_dilated`: the
+  stem's (kernel = stride) convolution (flax's hooks; None: lax's own).
   """
   num_classes: Optional[int] = 1000
   patch_size: Sequence[int] = (16, 16)
@@ -104,6 +103,7 @@ class MlpMixer(nn.Module):
   scan_layers: bool = False
   remat_policy: str = 'none'
   dot_general: DotGeneral = None
+  conv_general_dilated: DotGeneral = None  # same signature type
 
   def total_stride(self) -> tuple[int, int]:
     return tuple(self.patch_size)
@@ -116,9 +116,10 @@ class MlpMixer(nn.Module):
   def __call__(self, images, *, train: bool = False):
     del train  # Mixer has no dropout here
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = patchify.PatchEmbed(self.hidden_dim, tuple(self.patch_size),
-                            dot_general=self.dot_general, name='stem',
-                            **kw)(images.astype(self.dtype))
+    x = nn.Conv(self.hidden_dim, tuple(self.patch_size),
+                strides=tuple(self.patch_size), padding='VALID',
+                conv_general_dilated=self.conv_general_dilated, name='stem',
+                **kw)(images.astype(self.dtype))
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h * w, c))
     block_kw = dict(tokens_mlp_dim=self.tokens_mlp_dim,

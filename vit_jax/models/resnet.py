@@ -161,8 +161,7 @@ class ResNet(nn.Module):
     layers: units per stage (see `DEPTHS`).
     width: width factor.
     conv_general_dilated, group_norm_cls, weight_standardize: computation
-      hooks (`ResidualUnit`; defaults: flax's / the official code's;
-      `vit_jax.perf.hooks` fills them in from a run's `config.perf`).
+      hooks (`ResidualUnit`; defaults: flax's / the official code's).
     dot_general: the head's product (flax's hook; None: lax's).
   """
   num_classes: Optional[int] = 1000

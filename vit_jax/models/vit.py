@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models import gelu
-from vit_jax.models import patchify
 from vit_jax.models import resnet
 from vit_jax.models import scan
 
@@ -453,22 +452,19 @@ class VisionTransformer(nn.Module):
       stacked [L-1, ...] (`Transformer/encoderblock/...`), the last block
       apart: two blocks compiled instead of L; see `Encoder`.
     attention_fn, dot_general, conv_general_dilated, group_norm_cls,
-      weight_standardize: computation hooks with stock defaults (the
-      einsum attention, lax's products, flax's GroupNorm); set from
-      `config.perf` by `vit_jax.perf.hooks`.
+      weight_standardize: computation hooks (below).
     mlp_activation: the MLP blocks' (and MAP head's) GELU: 'gelu_tanh', the
       form of the official code and the released checkpoints, or
       'gelu_erf', the exact form (timm's default); `vit_jax.models.gelu`.
 
   Computation hooks (same function and parameters whatever they are; the
-  defaults are flax's / jax's own; `vit_jax.perf.hooks` fills them in from a
-  run's `config.perf`):
+  defaults are flax's / jax's own; a caller may pass others):
     attention_fn: (q, k, v) [B, N, h, d] -> [B, Nq, h, d], default
       `dot_product_attention`.
-    dot_general: every dense layer's and the patch embedding's product
-      (flax's `dot_general=`; None: `lax.dot_general`).
-    conv_general_dilated: every convolution's (flax's
-      `conv_general_dilated=`; None: `lax.conv_general_dilated`).
+    dot_general: every dense layer's product (flax's `dot_general=`;
+      None: `lax.dot_general`).
+    conv_general_dilated: every convolution's, the patch embedding's too
+      (flax's `conv_general_dilated=`; None: `lax.conv_general_dilated`).
     group_norm_cls, weight_standardize: the hybrid stem's GroupNorm module
       and StdConv kernel standardization (`vit_jax.models.resnet`).
   """
@@ -536,9 +532,10 @@ class VisionTransformer(nn.Module):
     elif self.conv_stem is not None:
       x = ConvStem(tuple(self.conv_stem), name='stem',
                    conv_general_dilated=self.conv_general_dilated, **kw)(x)
-    x = patchify.PatchEmbed(self.hidden_size, tuple(self.patch_size),
-                            dot_general=self.dot_general, name='embedding',
-                            **kw)(x)
+    x = nn.Conv(self.hidden_size, tuple(self.patch_size),
+                strides=tuple(self.patch_size), padding='VALID',
+                conv_general_dilated=self.conv_general_dilated,
+                name='embedding', **kw)(x)
     b, h, w, c = x.shape
     x = jnp.reshape(x, (b, h * w, c))  # [B, N, D]
 
