@@ -15,6 +15,8 @@ import time
 import jax
 import pytest
 
+from tests.conftest import COMPILE_FLAGS
+
 from configs import common
 from configs import cpu
 from vit_jax import config_lib
@@ -28,13 +30,63 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
 
 def run_main(*args, devices=8):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=f'{COMPILE_FLAGS} '
+             f'--xla_force_host_platform_device_count={devices}')
   return subprocess.run([sys.executable, '-m', 'vit_jax.main', *args],
                         cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=300)
 
 
-@pytest.mark.parametrize('args, match', [
+# `python -m vit_jax.main ARGS` for many ARGS in one subprocess: it imports
+# the entry point's modules once, then each ARGS runs `app.run(main.main,
+# flags_parser=main.parse_flags)` (what `__main__` runs) in a forked child
+# of its own, with its own stdout/stderr files and exit status; no child
+# initializes JAX before the fork.
+_MANY = """
+import json, os, sys
+import jax, flax.linen, ml_collections, absl.app
+from vit_jax import config_lib, main, models
+from vit_jax.training import train
+out_dir, cases = sys.argv[1], json.loads(sys.argv[2])
+codes = []
+for i, args in enumerate(cases):
+  sys.stdout.flush(); sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:
+    for fd, name in ((1, 'out'), (2, 'err')):
+      f = os.open(f'{out_dir}/{i}.{name}', os.O_WRONLY | os.O_CREAT, 0o644)
+      os.dup2(f, fd)
+    sys.argv = ['vit_jax.main', *args]
+    try:
+      absl.app.run(main.main, flags_parser=main.parse_flags)
+      code = 0
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else 1
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+  codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+
+def run_main_many(cases, out_dir, devices=8):
+  """[CompletedProcess] of `python -m vit_jax.main *args` for each args of
+  `cases` (see _MANY)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'{COMPILE_FLAGS} '
+             f'--xla_force_host_platform_device_count={devices}')
+  proc = subprocess.run(
+      [sys.executable, '-c', _MANY, str(out_dir), json.dumps(cases)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  codes = json.loads(proc.stdout.splitlines()[-1])
+  return [subprocess.CompletedProcess(
+      args, code, (out_dir / f'{i}.out').read_text(),
+      (out_dir / f'{i}.err').read_text())
+          for i, (args, code) in enumerate(zip(cases, codes))]
+
+
+BAD_COMMAND_LINES = [
     (['--config=configs/vit.py:mu16,synthetic', '--config.bogus=1'],
      "unknown config key 'config.bogus': config has no 'bogus'; allowed: "
      'accum_steps, '),
@@ -61,15 +113,32 @@ def run_main(*args, devices=8):
      'configs/mixer.py, configs/pretrain.py, configs/vit.py'),
     (['--config=configs/vit.py:mu16,synthetic', '--num_processes=2'],
      '--num_processes needs --distributed'),
-])
-def test_bad_command_lines_fail_with_one_line(args, match, tmp_path):
-  proc = run_main(*args, f'--workdir={tmp_path}')
+]
+
+
+@pytest.fixture(scope='module')
+def bad_command_lines(tmp_path_factory):
+  """(workdir, CompletedProcess) of each of BAD_COMMAND_LINES."""
+  tmp = tmp_path_factory.mktemp('bad_command_lines')
+  workdirs = [tmp / f'w{i}' for i in range(len(BAD_COMMAND_LINES))]
+  for w in workdirs:
+    w.mkdir()
+  cases = [[*args, f'--workdir={w}']
+           for (args, _), w in zip(BAD_COMMAND_LINES, workdirs)]
+  return list(zip(workdirs, run_main_many(cases, tmp)))
+
+
+@pytest.mark.parametrize('case', range(len(BAD_COMMAND_LINES)),
+                         ids=[m[:40] for _, m in BAD_COMMAND_LINES])
+def test_bad_command_lines_fail_with_one_line(case, bad_command_lines):
+  workdir, proc = bad_command_lines[case]
+  match = BAD_COMMAND_LINES[case][1]
   assert proc.returncode != 0
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(lines) == 1, proc.stderr[-2000:]
   assert match.format(REPO=REPO) in lines[0]
   assert 'Traceback' not in proc.stderr
-  assert not os.listdir(tmp_path)  # refused before any work
+  assert not os.listdir(workdir)  # refused before any work
 
 
 def test_help_lists_presets_syntax_and_flags():
@@ -133,7 +202,8 @@ def one_error_line(proc) -> str:
 def _env(devices=1):
   return dict(os.environ, JAX_PLATFORMS='cpu',
               JAX_DISABLE_MOST_OPTIMIZATIONS='1',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+              XLA_FLAGS=f'{COMPILE_FLAGS} '
+             f'--xla_force_host_platform_device_count={devices}')
 
 
 def test_second_run_on_a_workdir_is_refused_naming_the_owner(tmp_path):
@@ -179,17 +249,14 @@ def test_second_run_on_a_workdir_is_refused_naming_the_owner(tmp_path):
       'total_steps'] == 100000
 
 
-@pytest.mark.parametrize('where', ['file', 'proc'])
-def test_workdir_that_cannot_be_created(where, tmp_path):
-  if where == 'file':
-    (tmp_path / 'f').write_text('x')
-    workdir = tmp_path / 'f' / 'w'
-  else:
-    workdir = pathlib.Path('/proc/self/vit_jax_workdir')
-  proc = run_main(*SMALL, f'--workdir={workdir}', '--config.total_steps=2',
-                  devices=1)
-  line = one_error_line(proc)
-  assert line.startswith(f'error: cannot create workdir {workdir}: '), line
+def test_workdir_that_cannot_be_created(tmp_path):
+  (tmp_path / 'f').write_text('x')
+  workdirs = [tmp_path / 'f' / 'w', pathlib.Path('/proc/self/vit_jax_workdir')]
+  procs = run_main_many([[*SMALL, f'--workdir={w}', '--config.total_steps=2']
+                         for w in workdirs], tmp_path, devices=1)
+  for workdir, proc in zip(workdirs, procs):
+    line = one_error_line(proc)
+    assert line.startswith(f'error: cannot create workdir {workdir}: '), line
 
 
 _FULL_DISK = '''

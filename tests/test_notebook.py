@@ -11,6 +11,7 @@ import nbformat
 import numpy as np
 import pytest
 
+from tests import conftest
 from vit_jax.checkpoints import npz
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def test_notebook_runs_headless(shared_data, tmp_path):
   workdir = tmp_path / 'workdir'
   env = {k: v for k, v in os.environ.items() if not k.startswith('XLA_')}
   env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             XLA_FLAGS=conftest.COMPILE_FLAGS,
              VIT_JAX_NB_CHECKPOINT=str(ckpt),
              VIT_JAX_NB_MODEL='Ti/16',
              VIT_JAX_NB_DATASET=f'folder:{tmp_path / "images"}',

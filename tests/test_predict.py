@@ -114,11 +114,11 @@ def test_released_checkpoint_loads_with_no_key_left_over(shared_data):
   assert sum(v.size for v in flat.values()) == 5_717_416
 
 
-def test_predict_cli_at_224_is_timm_on_63_photos(shared_data):
-  """The CLI on 63 photos (every 16th class; batches of 32, the last one
+def test_predict_cli_at_224_is_timm_on_25_photos(shared_data):
+  """The CLI on 25 photos (every 40th class; batches of 16, the last one
   padded): timm's top 5 and probabilities, and so its accuracy."""
-  paths = photos(shared_data, 16)
-  r = run_predict('--json', '--model=Ti/16',
+  paths = photos(shared_data, 40)
+  r = run_predict('--json', '--model=Ti/16', '--batch_size=16',
                   f'--checkpoint={shared_data / CKPT}',
                   f'--labels={shared_data / LABELS}', *paths)
   assert r.returncode == 0, r.stderr[-2000:]
@@ -129,7 +129,7 @@ def test_predict_cli_at_224_is_timm_on_63_photos(shared_data):
   top1 = np.mean([r['top5'][0][0] == t for r, t in zip(rows, truth)])
   assert top1 == np.mean(want.argmax(-1) == truth)
   print(f'ViT-Ti/16 @224 on {len(rows)} photos: top-1 {top1:.1%}')
-  assert top1 >= 0.75  # 82.7 % on all 1,000 (README)
+  assert top1 >= 0.7  # 82.7 % on all 1,000 (README)
   assert rows[0]['top5'][0][1] == 'tench, Tinca tinca'  # labels by index
 
 

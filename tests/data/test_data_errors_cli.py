@@ -9,6 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from tests.conftest import COMPILE_FLAGS
 from tests.conftest import REPO
 
 
@@ -22,7 +23,8 @@ def test_training_on_a_folder_with_a_bad_file(tmp_path):
   (tmp_path / 'train' / 'dog' / 'page.jpg').write_text('<html></html>')
   env = {k: v for k, v in os.environ.items()
          if k not in ('XLA_FLAGS', 'TF_CPP_MIN_LOG_LEVEL')}
-  env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  env.update(JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             XLA_FLAGS=COMPILE_FLAGS)
   proc = subprocess.run(
       [sys.executable, '-m', 'vit_jax.main',
        '--config=configs/vit.py:mu16,cifar10_folder,res=32',

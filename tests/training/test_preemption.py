@@ -64,7 +64,8 @@ for step in range(1, 3_000):  # 30 s at most
 def test_stop_flag_without_the_service_agrees_across_processes(tmp_path):
   port = _port()
   env = conftest.subprocess_env()
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO))
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO),
+             XLA_FLAGS=conftest.COMPILE_FLAGS)
   logs = [tmp_path / f'{i}.log' for i in range(2)]
   procs = []
   for i, log in enumerate(logs):
