@@ -82,10 +82,11 @@ def test_cls_maps_pick_class_token_row():
 
 def test_real_model_attention_rows_are_distributions():
   model = models.get_model('mu/16', num_classes=3)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))['params']
+  params = jax.jit(model.init)(jax.random.key(0),
+                               jnp.zeros((1, 48, 48, 3)))['params']
   x = jax.random.uniform(jax.random.key(1), (2, 48, 48, 3), minval=-1)
-  _, inter = intermediates.apply(model, params, x)
-  att = inter['attention']
+  att = jax.jit(lambda p, x: intermediates.apply(model, p, x)[1]['attention'])(
+      params, x)
   roll = attention.rollout_map(att, (3, 3), num_prefix=1)
   assert roll.shape == (2, 3, 3)
   np.testing.assert_allclose(attention.rollout(att).sum(-1), 1.0, rtol=1e-5)

@@ -9,13 +9,15 @@ from vit_jax import models
 from vit_jax.analysis import feature_vis as fv
 from vit_jax.analysis import modelinfo
 from vit_jax.analysis import validate
+from vit_jax.checkpoints import npz
 from vit_jax.models import intermediates
 
 
 @pytest.fixture(scope='module')
 def mu():
   model = models.get_model('mu/16', num_classes=5, num_layers=3)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  params = jax.jit(model.init)(jax.random.key(0),
+                               jnp.zeros((1, 32, 32, 3)))['params']
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1)
   return model, params, x
 
@@ -48,12 +50,12 @@ def test_query_key_value_from_block_input(mu):
 
 
 def test_total_variation_known_values():
-  assert float(fv.total_variation(jnp.ones((1, 8, 8, 3)))[0]) == pytest.approx(
-      0.0, abs=1e-5)
+  tv = jax.jit(fv.total_variation)  # one program, not one per operation
+  assert float(tv(jnp.ones((1, 8, 8, 3)))[0]) == pytest.approx(0.0, abs=1e-5)
   x = np.zeros((1, 4, 4, 1), np.float32)
   x[:, :, 2:] = 1.0  # a vertical edge: 4 horizontal, 3+3 diagonal jumps
   # horizontal: sqrt(4), vertical: 0, diagonals: sqrt(3) each
-  assert float(fv.total_variation(jnp.asarray(x))[0]) == pytest.approx(
+  assert float(tv(jnp.asarray(x))[0]) == pytest.approx(
       2.0 + 2 * np.sqrt(3.0), rel=1e-5)
 
 
@@ -84,12 +86,15 @@ def test_bad_feature_requests_name_the_range(mu):
       'block', 2, 31)
 
 
-def test_mixer_block_features(mu):
-  del mu
+def test_mixer_block_features():
+  """The block output of a Mixer's last block, [B, patches, D] (traced by
+  `jax.eval_shape` on the parameter shapes: nothing compiled)."""
   model = models.get_model('Mixer-mu_16', num_classes=2)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
-  x = jnp.zeros((1, 32, 32, 3))
-  a = fv.activations(model, params, x, 'block', modelinfo.num_layers(model) - 1)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  last = modelinfo.num_layers(model) - 1
+  a = jax.eval_shape(lambda p, x: fv.activations(model, p, x, 'block', last),
+                     params, x)
   assert a.shape == (1, 4, model.hidden_dim)
 
 
@@ -98,7 +103,8 @@ def test_real_vit_ti_feature_grows_tenfold(shared_data, optimized_compile):
   # ~30 s per 224 px image, the optimized one ~20 ms.
   del optimized_compile
   ckpt = shared_data / 'checkpoints' / 'ViT-Ti_16-augreg-i21k-ft-i1k-224.npz'
-  model, params = modelinfo.load('Ti/16', str(ckpt), (224, 224))
+  model = models.get_model('Ti/16', num_classes=1000)
+  params = npz.load_npz(str(ckpt))  # at its own 224 px: no init needed
   res = fv.visualize(model, params, [fv.Feature('mlp', 1, 0)], (224, 224),
                      fv.Recipe(steps=25, copies=2), log_every=0)
   start, end = float(res['start'][0]), float(res['end'][0])

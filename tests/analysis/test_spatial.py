@@ -15,23 +15,30 @@ from vit_jax.analysis import validate
 from vit_jax.models import intermediates
 
 
+def mlp_hidden(model, params, x) -> np.ndarray:
+  """`intermediates.apply`'s MLP hidden units per block, [L, B, N, mlp_dim]
+  (one compiled forward pass)."""
+  f = jax.jit(lambda p, x: jnp.stack(
+      intermediates.apply(model, p, x)[1]['mlp_hidden']))
+  return np.asarray(f(params, jnp.asarray(x)))
+
+
 @pytest.fixture(scope='module')
 def mu():
+  """mu/16 at 64 px with normal random parameters of its shapes (traced by
+  `jax.eval_shape`, no init compiled): the maps, top images and locality
+  are checked against the model's own recorded intermediates, which holds
+  for any parameters."""
   model = models.get_model('mu/16', num_classes=5)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), s.dtype),
+      shapes['params'])
   x = np.asarray(jax.random.uniform(jax.random.key(1), (2, 64, 64, 3),
                                     minval=-1))
   return model, params, x
-
-
-def test_maps_are_the_mlp_units_on_the_grid(mu):
-  model, params, x = mu
-  m = spatial.maps(model, params, x, 'mlp', 5)
-  _, inter = intermediates.apply(model, params, jnp.asarray(x))
-  assert m.shape == (2, 2, 4, 4)
-  np.testing.assert_allclose(
-      m[1, 0], np.asarray(inter['mlp_hidden'][1])[0, 1:, 5].reshape(4, 4),
-      rtol=1e-5, atol=1e-6)
 
 
 def test_without_attention_tokens_are_perfectly_local(mu):
@@ -48,7 +55,8 @@ def test_without_attention_tokens_are_perfectly_local(mu):
 
 def test_locality_is_a_share(mu):
   model, params, x = mu
-  loc = spatial.locality(model, params, x, 'block', 1, per_side=2)
+  # The feature of the test above: the same compiled gradient programs.
+  loc = spatial.locality(model, params, x, 'mlp', 3, per_side=2)
   assert loc['own'].shape == (2,)
   assert ((loc['own'] > 0) & (loc['own'] <= loc['neighbourhood'])).all()
   assert (loc['neighbourhood'] <= 1 + 1e-6).all()
@@ -68,9 +76,16 @@ def mu_set(mu):
   model, params, _ = mu
   x = np.asarray(jax.random.uniform(jax.random.key(2), (7, 64, 64, 3),
                                     minval=-1))
-  _, inter = intermediates.apply(model, params, jnp.asarray(x))
-  hidden = np.stack([np.asarray(h) for h in inter['mlp_hidden']])
+  hidden = mlp_hidden(model, params, x)
   return model, params, x, hidden  # hidden [L, B, 1 + 16, 128]
+
+
+def test_maps_are_the_mlp_units_on_the_grid(mu_set):
+  model, params, x, hidden = mu_set
+  m = spatial.maps(model, params, x, 'mlp', 5)
+  assert m.shape == (2, 7, 4, 4)  # [L, B, h, w]
+  np.testing.assert_allclose(m, hidden[:, :, 1:, 5].reshape(2, 7, 4, 4),
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_top_image_is_the_argmax_of_the_patch_mean(mu_set):
@@ -179,9 +194,9 @@ def test_cli_writes_the_top_images_and_their_names(tmp_path, capsys):
   paths = sorted(folder.iterdir())[:5]
   x = data.to_model(data.load_images([str(p) for p in paths], 32,
                                      progress=False))
-  _, inter = intermediates.apply(model, params, jnp.asarray(x))
+  hidden = mlp_hidden(model, params, x)
   for l, block in enumerate(top['per_block']):
-    means = np.asarray(inter['mlp_hidden'][l])[:, 1:].mean(axis=1)
+    means = hidden[l, :, 1:].mean(axis=1)
     for entry in block['units']:
       u = entry['unit']
       assert entry['image'] == paths[means[:, u].argmax()].stem

@@ -1,7 +1,10 @@
 """The exact shortcuts against what they replace (the patch embedding as a
 matmul vs flax's convolution, head-major attention vs
-`jax.nn.dot_product_attention`), and every computation hook of `vit_jax.perf.hooks` against the stock path:
-same logits and gradients, piece by piece and in whole models."""
+`jax.nn.dot_product_attention`), and every computation hook of
+`vit_jax.perf.hooks` against the stock path: same logits and gradients,
+piece by piece and in whole models."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -9,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import golden_inputs
 from vit_jax import models
+from vit_jax.checkpoints import npz
 from vit_jax.models import vit
 from vit_jax.perf import hooks
 
@@ -19,71 +24,112 @@ PIECES = [(k, v) for k, vals in hooks.CHOICES.items()
           for v in vals if v not in ('auto', hooks.STOCK[k], 'cudnn')]
 
 
-@pytest.mark.parametrize('mode', ['im2col', 'implicit_gemm'])
+def _normal(shape, seed=0, dtype=np.float32):
+  """Standard normal numpy data (no jax program to compile per shape)."""
+  return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _noise_like(shapes, seed, scale=0.1, one_scales=False):
+  """`scale` x standard normal arrays of init's shapes; `one_scales`: 1 +
+  that for the 'scale' leaves (norms away from the identity)."""
+  rng = np.random.default_rng(seed)
+  flat = npz.flatten(shapes)
+  return {'params': npz.unflatten({
+      k: (float(one_scales and k.endswith('scale'))
+          + scale * rng.standard_normal(v.shape)).astype(np.float32)
+      for k, v in flat.items()})}
+
+
 @pytest.mark.parametrize('patch,size,channels', [
     ((16, 16), (64, 48), 3),
     ((16, 16), (70, 37), 3),   # rows/columns that do not fill a patch
     ((4, 2), (12, 10), 5),     # non-square patches
     ((1, 1), (7, 7), 8),       # the hybrids' 1x1 projection
 ])
-def test_patch_embed_equals_valid_conv(patch, size, channels, mode):
-  """The conv hook's patch embedding (reshapes and one matmul) against
-  flax's own convolution."""
-  x = jax.random.normal(jax.random.key(0), (2, *size, channels))
+def test_patch_embed_equals_valid_conv(patch, size, channels):
+  """The conv hook's patch embedding ('im2col', 'implicit_gemm': reshapes
+  and one matmul) against flax's own convolution; same parameter shapes."""
+  x = _normal((2, *size, channels))
   conv = nn.Conv(24, patch, strides=patch, padding='VALID')
-  ours = conv.clone(conv_general_dilated=hooks.model_overrides(
-      {'conv': mode}, 'cpu', 1)['conv_general_dilated'])
-  params = ours.init(jax.random.key(1), x)
-  ref_shapes = jax.tree.map(jnp.shape, conv.init(jax.random.key(1), x))
-  assert jax.tree.map(jnp.shape, params) == ref_shapes  # checkpoints load
-  params = jax.tree.map(  # a non-zero bias
-      lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
-      params)
-  np.testing.assert_allclose(ours.apply(params, x), conv.apply(params, x),
-                             rtol=1e-5, atol=1e-5)
+  shapes = jax.eval_shape(conv.init, jax.random.key(0), x)
+  params = _noise_like(shapes, seed=2)  # a non-zero bias
+  want = jax.jit(conv.apply)(params, x)
+  for mode in ('im2col', 'implicit_gemm'):
+    ours = conv.clone(conv_general_dilated=hooks.model_overrides(
+        {'conv': mode}, 'cpu', 1)['conv_general_dilated'])
+    ours_shapes = jax.eval_shape(ours.init, jax.random.key(0), x)
+    assert (jax.tree.map(jnp.shape, ours_shapes)
+            == jax.tree.map(jnp.shape, shapes))  # checkpoints load
+    np.testing.assert_allclose(jax.jit(ours.apply)(params, x), want,
+                               rtol=1e-5, atol=1e-5, err_msg=mode)
 
 
 def test_patch_embed_bfloat16_compute():
-  x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
+  """float32 parameters, bfloat16 output (the traced program's dtypes)."""
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   m = nn.Conv(8, (16, 16), strides=(16, 16), padding='VALID',
               dtype=jnp.bfloat16, conv_general_dilated=hooks.model_overrides(
                   {'conv': 'implicit_gemm'}, 'cpu', 1)['conv_general_dilated'])
-  params = m.init(jax.random.key(1), x)
+  params = jax.eval_shape(m.init, jax.random.key(0), x)
   assert params['params']['kernel'].dtype == jnp.float32
-  assert m.apply(params, x).dtype == jnp.bfloat16
+  assert jax.eval_shape(m.apply, params, x).dtype == jnp.bfloat16
 
 
-def _qkv(nq, nk, dtype=jnp.float32):
-  keys = jax.random.split(jax.random.key(0), 3)
-  return (jax.random.normal(keys[0], (2, nq, 3, 16)).astype(dtype),
-          jax.random.normal(keys[1], (2, nk, 3, 16)).astype(dtype),
-          jax.random.normal(keys[2], (2, nk, 3, 16)).astype(dtype))
+def _qkv(nq, nk, dtype=np.float32):
+  return (_normal((2, nq, 3, 16), 0, dtype), _normal((2, nk, 3, 16), 1, dtype),
+          _normal((2, nk, 3, 16), 2, dtype))
 
 
 @pytest.mark.parametrize('nq,nk', [(197, 197), (1, 50)])
 def test_head_major_attention_equals_jax(nq, nk):
-  q, k, v = _qkv(nq, nk)
-  y, w = vit._head_major_attention(q, k, v, lambda w: w)  # pylint: disable=protected-access
-  ref = jax.nn.dot_product_attention(q, k, v, implementation='xla')
+  """Head-major attention and the model's `dot_product_attention` against
+  `jax.nn.dot_product_attention`; weights are a softmax over the keys."""
+  @jax.jit
+  def run(q, k, v):
+    y, w = vit._head_major_attention(q, k, v, lambda w: w)  # pylint: disable=protected-access
+    return (y, w, vit.dot_product_attention(q, k, v),
+            jax.nn.dot_product_attention(q, k, v, implementation='xla'))
+  y, w, y_model, ref = run(*_qkv(nq, nk))
   np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(vit.dot_product_attention(q, k, v), ref,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y_model, ref, rtol=1e-5, atol=1e-5)
   assert w.shape == (2, 3, nq, nk) and w.dtype == jnp.float32
-  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, rtol=1e-5)
 
 
 def _attention_fns():
+  """name -> hook; a hook that `cpu_gemm` does not change ('xla') once."""
   fns = {}
   for key, value in PIECES:
     if key == 'attention':
       for gemm in ('off', 'on'):
         kw = hooks.model_overrides({'attention': value, 'cpu_gemm': gemm},
                                    'cpu', 1)
-        fns[f'{value}-cpu_gemm_{gemm}'] = kw['attention_fn']
+        if kw['attention_fn'] not in fns.values():
+          fns[f'{value}-cpu_gemm_{gemm}'] = kw['attention_fn']
   return fns
 
 
 ATTENTION_FNS = _attention_fns()
+ATTENTION_DTYPES = ((np.float32, 1e-5), (jnp.bfloat16, 2e-2))  # with tol
+
+
+def _attention_outputs(fn, nq, nk):
+  """[(output, gradients w.r.t. q, k, v)] of `fn` per ATTENTION_DTYPES
+  (one compiled program)."""
+  g = _normal((2, nq, 3, 16), 3)
+  loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * g)
+
+  @jax.jit
+  def run(args):
+    return [(fn(*qkv), jax.grad(loss, argnums=(0, 1, 2))(*qkv))
+            for qkv in args]
+  return jax.device_get(run([_qkv(nq, nk, dtype)
+                             for dtype, _ in ATTENTION_DTYPES]))
+
+
+@functools.cache
+def _attention_reference(nq, nk):
+  return _attention_outputs(vit.dot_product_attention, nq, nk)
 
 
 @pytest.mark.parametrize('name', sorted(ATTENTION_FNS))
@@ -91,27 +137,21 @@ ATTENTION_FNS = _attention_fns()
 def test_attention_hooks_equal_the_default(name, nq, nk):
   """Values and gradients (w.r.t. q, k, v) against autodiff of the model's
   `dot_product_attention`; float32 and bfloat16."""
-  ours, ref = ATTENTION_FNS[name], vit.dot_product_attention
-  g = jax.random.normal(jax.random.key(3), (2, nq, 3, 16))
-  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
-    args = _qkv(nq, nk, dtype)
-    loss = lambda f: lambda *a: jnp.sum(f(*a).astype(jnp.float32) * g)
-    np.testing.assert_allclose(ours(*args).astype(jnp.float32),
-                               ref(*args).astype(jnp.float32), rtol=0,
-                               atol=tol)
-    grads = jax.grad(loss(ours), argnums=(0, 1, 2))(*args)
-    grads_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(*args)
+  got_all = _attention_outputs(ATTENTION_FNS[name], nq, nk)
+  for (dtype, tol), (y, grads), (y_ref, grads_ref) in zip(
+      ATTENTION_DTYPES, got_all, _attention_reference(nq, nk)):
+    np.testing.assert_allclose(y.astype(np.float32),
+                               y_ref.astype(np.float32), rtol=0, atol=tol)
     for got, want in zip(grads, grads_ref):
       assert got.dtype == want.dtype == dtype
-      np.testing.assert_allclose(
-          got.astype(jnp.float32), want.astype(jnp.float32), rtol=0,
-          atol=tol * float(jnp.abs(want.astype(jnp.float32)).max()))
+      want = want.astype(np.float32)
+      np.testing.assert_allclose(got.astype(np.float32), want, rtol=0,
+                                 atol=tol * np.abs(want).max())
 
 
 CONV_MODES = [v for k, v in PIECES if k == 'conv']
 
 
-@pytest.mark.parametrize('mode', CONV_MODES)
 @pytest.mark.parametrize('kernel,strides,size,padding', [
     ((1, 1), (1, 1), (8, 8), 'SAME'), ((1, 1), (2, 2), (7, 9), 'SAME'),
     ((3, 3), (1, 1), (8, 8), 'SAME'), ((3, 3), (2, 2), (7, 9), 'SAME'),
@@ -119,27 +159,34 @@ CONV_MODES = [v for k, v in PIECES if k == 'conv']
     ((3, 3), (1, 1), (9, 8), 'VALID'), ((2, 2), (1, 1), (9, 8), 'SAME'),
     ((2, 3), (1, 1), (9, 8), 'VALID'), ((3, 3), (2, 2), (9, 8), 'VALID'),
     ((3, 3), (1, 1), (8, 8), ((2, 0), (1, 1)))])
-def test_conv_hooks_equal_lax(mode, kernel, strides, size, padding):
-  """`conv_general_dilated` hooks against lax's convolution and its
+def test_conv_hooks_equal_lax(kernel, strides, size, padding):
+  """Every `conv_general_dilated` hook against lax's convolution and its
   autodiff: values, input and kernel gradients ('SAME' with odd sizes and
   even kernels, 'VALID', explicit padding)."""
-  conv = hooks.model_overrides({'conv': mode}, 'cpu', 1)[
-      'conv_general_dilated']
-  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (2, *size, 5))
-  w = jax.random.normal(kk, (*kernel, 5, 7))
+  x, w = _normal((2, *size, 5), 0), _normal((*kernel, 5, 7), 1)
   dn = ('NHWC', 'HWIO', 'NHWC')
-  ref = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, strides, padding, dimension_numbers=dn, precision='highest')
-  ours = lambda x, w: conv(x, w, strides, padding, dimension_numbers=dn)
-  y, vjp = jax.vjp(ours, x, w)
-  y_ref, vjp_ref = jax.vjp(ref, x, w)
-  np.testing.assert_allclose(y, y_ref, rtol=0,
-                             atol=1e-5 * float(jnp.abs(y_ref).max()))
-  g = jax.random.normal(kg, y_ref.shape)
-  for got, want in zip(vjp(g), vjp_ref(g)):
-    np.testing.assert_allclose(got, want, rtol=0,
-                               atol=1e-5 * float(jnp.abs(want).max()))
+
+  def value_and_grads(conv, **kw):
+    @jax.jit
+    def run(x, w, g):
+      y, vjp = jax.vjp(lambda x, w: conv(
+          x, w, strides, padding, dimension_numbers=dn, **kw), x, w)
+      return y, vjp(g)
+    return run
+
+  y_shape = jax.eval_shape(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=dn), x, w).shape
+  g = _normal(y_shape, 2)
+  y_ref, grads_ref = value_and_grads(jax.lax.conv_general_dilated,
+                                     precision='highest')(x, w, g)
+  for mode in CONV_MODES:
+    conv = hooks.model_overrides({'conv': mode}, 'cpu', 1)[
+        'conv_general_dilated']
+    y, grads = value_and_grads(conv)(x, w, g)
+    for got, want in zip((y, *grads), (y_ref, *grads_ref)):
+      want = np.asarray(want)
+      np.testing.assert_allclose(got, want, rtol=0,
+                                 atol=1e-5 * np.abs(want).max(), err_msg=mode)
 
 
 @pytest.mark.parametrize('mode', CONV_MODES)
@@ -147,15 +194,14 @@ def test_conv_hooks_pass_other_convolutions_to_lax(mode):
   """Grouped or dilated convolutions are lax's own (same result)."""
   conv = hooks.model_overrides({'conv': mode}, 'cpu', 1)[
       'conv_general_dilated']
-  x = jax.random.normal(jax.random.key(0), (1, 9, 9, 4))
-  for w, kw in ((jax.random.normal(jax.random.key(1), (3, 3, 2, 4)),
-                 dict(feature_group_count=2)),
-                (jax.random.normal(jax.random.key(1), (3, 3, 4, 4)),
-                 dict(rhs_dilation=(2, 2)))):
-    args = (x, w, (1, 1), 'SAME')
+  x = _normal((1, 9, 9, 4), 0)
+  for w, kw in ((_normal((3, 3, 2, 4), 1), dict(feature_group_count=2)),
+                (_normal((3, 3, 4, 4), 1), dict(rhs_dilation=(2, 2)))):
     kw = dict(kw, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    np.testing.assert_array_equal(
-        conv(*args, **kw), jax.lax.conv_general_dilated(*args, **kw))
+    ours, ref = (jax.jit(lambda x, w, f=f, kw=kw: f(x, w, (1, 1), 'SAME',
+                                                    **kw))(x, w)
+                 for f in (conv, jax.lax.conv_general_dilated))
+    np.testing.assert_array_equal(ours, ref)
 
 
 @pytest.mark.skipif(('group_norm', 'two_stage') not in PIECES,
@@ -168,26 +214,30 @@ def test_group_norm_hook_equals_flax(shape, dtype):
   input, scale and bias) and output dtype."""
   cls = hooks.model_overrides({'group_norm': 'two_stage'}, 'cpu', 1)[
       'group_norm_cls']
-  x = (jax.random.normal(jax.random.key(0), shape) * 3 + 1).astype(dtype)
+  x = (_normal(shape) * 3 + 1).astype(dtype)
   ours, ref = cls(dtype=dtype), nn.GroupNorm(dtype=dtype)
-  params = ours.init(jax.random.key(1), x)
-  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
-      jnp.shape, ref.init(jax.random.key(1), x))
-  params = jax.tree.map(  # not the identity initialization
-      lambda t: t + jax.random.normal(jax.random.key(2), t.shape), params)
-  y, y_ref = ours.apply(params, x), ref.apply(params, x)
-  assert y.dtype == y_ref.dtype
+  shapes = jax.eval_shape(ours.init, jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(
+      jnp.shape, jax.eval_shape(ref.init, jax.random.key(0), x))
+  # not the identity initialization
+  params = _noise_like(shapes, seed=2, scale=1.0, one_scales=True)
+  with_grads = dtype == jnp.float32
+
+  def run(m):
+    loss = lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+    return jax.jit(lambda p, x: (
+        m.apply(p, x),
+        jax.grad(loss, argnums=(0, 1))(p, x) if with_grads else ()))
+
+  (y, grads), (y_ref, grads_ref) = jax.device_get(
+      (run(ours)(params, x), run(ref)(params, x)))
+  assert y.dtype == y_ref.dtype == dtype
   tol = 1e-5 if dtype == jnp.float32 else 1e-2
-  np.testing.assert_allclose(y.astype(jnp.float32), y_ref.astype(jnp.float32),
-                             rtol=0, atol=tol * float(jnp.abs(y_ref).max()))
-  if dtype != jnp.float32:
-    return
-  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-  grads = jax.grad(loss(ours), argnums=(0, 1))(params, x)
-  grads_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+  y, y_ref = y.astype(np.float32), y_ref.astype(np.float32)
+  np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol * np.abs(y_ref).max())
   for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
     np.testing.assert_allclose(g, g_ref, rtol=0,
-                               atol=1e-5 * float(jnp.abs(g_ref).max()))
+                               atol=1e-5 * np.abs(g_ref).max())
 
 
 @pytest.mark.skipif(('weight_std', 'custom_grad') not in PIECES,
@@ -202,28 +252,37 @@ def test_weight_std_hook_gradient_is_the_autodiff_one(shape):
       'weight_standardize']
   ours = lambda w: fn(w, axis=[0, 1, 2], eps=1e-5)
   ref = lambda w: resnet.weight_standardize(w, axis=[0, 1, 2], eps=1e-5)
+
+  def value_and_vjp(f, w, g):
+    y, vjp = jax.vjp(f, w)
+    return y, vjp(g)[0]
+
   with jax.enable_x64():
-    w = jax.random.normal(jax.random.key(0), shape, jnp.float64) * 0.3 + 0.1
-    g = jax.random.normal(jax.random.key(1), shape, jnp.float64)
-    (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, w), jax.vjp(ref, w)
+    w = _normal(shape, 0, np.float64) * 0.3 + 0.1
+    g = _normal(shape, 1, np.float64)
+    (y, dw), (y_ref, dw_ref) = jax.jit(lambda w, g: (
+        value_and_vjp(ours, w, g), value_and_vjp(ref, w, g)))(w, g)
+    assert y.dtype == dw.dtype == jnp.float64
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], rtol=0, atol=1e-12)
-    assert float(jnp.abs(vjp(g)[0]).max()) > 1e-3
+    np.testing.assert_allclose(dw, dw_ref, rtol=0, atol=1e-12)
+    assert float(np.abs(dw).max()) > 1e-3
 
 
-# Small members of each family: (name, image size, constructor overrides).
-MODELS = [('mu/16', 32, {}),
+# Small members of each family, one block each (a second repeats the
+# first's pieces): (name, image size, constructor overrides).
+MODELS = [('mu/16', 32, dict(num_layers=1)),
           ('R26+S/32', 64, dict(num_layers=1, resnet_layers=(1, 1))),
-          ('Mixer-mu_16', 32, {})]
+          ('Mixer-mu_16', 32, dict(num_blocks=1))]
 
 
-def _randomized(model, size):
-  x = jnp.zeros((1, size, size, 3))
-  params = jax.jit(model.init)(jax.random.key(0), x)
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  return jax.tree.unflatten(tree, [
-      l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+def _random_params(model, size):
+  """Random parameters of the model's shapes (`golden_inputs.random_params`:
+  norm scales 1 + 0.1 z, biases 0.05 z, kernels z / sqrt(fan_in): no layer
+  trivial, init's zero head included), from an abstract init."""
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  shapes = npz.flatten(jax.eval_shape(model.init, jax.random.key(0), x))
+  return npz.unflatten(golden_inputs.random_params(
+      {k: v.shape for k, v in shapes.items()}, seed=1))
 
 
 def _every_piece(name):
@@ -246,23 +305,27 @@ def test_models_exact_with_every_piece(name, size, kw, fast_compile):
     pytest.skip(f'no piece applies to {name}')
   stock = models.get_model(name, num_classes=10, **kw)
   model = stock.clone(**hooks.model_overrides(perf, 'cpu', 1, name))
-  params = _randomized(stock, size)
-  x = jax.random.uniform(jax.random.key(2), (2, size, size, 3), minval=-1)
-  loss = lambda m: jax.jit(jax.value_and_grad(
-      lambda p: jnp.sum(jnp.sin(m.apply(p, x)))))
-  ref_logits = jax.jit(stock.apply)(params, x)
-  logits = jax.jit(model.apply)(params, x)
+  params = {'params': _random_params(stock, size)}
+  x = golden_inputs.random_images(2, 2, size)
+
+  def run(m):  # (loss, logits), gradients: one program per model
+    def loss(p):
+      logits = m.apply(p, x)
+      return jnp.sum(jnp.sin(logits)), logits
+    return jax.device_get(jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        params))
+
+  (value, logits), grads = run(model)
+  (ref_value, ref_logits), ref_grads = run(stock)
   np.testing.assert_allclose(logits, ref_logits, rtol=0,
-                             atol=1e-5 * float(jnp.abs(ref_logits).max()))
-  (value, grads), (ref_value, ref_grads) = loss(model)(params), loss(stock)(
-      params)
+                             atol=1e-5 * np.abs(ref_logits).max())
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-  gscale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(ref_grads))
+  gscale = max(np.abs(g).max() for g in jax.tree.leaves(ref_grads))
   for (path, g), g_ref in zip(jax.tree_util.tree_leaves_with_path(grads),
                               jax.tree.leaves(ref_grads)):
     # relative to the leaf, and to the model's largest gradient (a key
     # bias's gradient is 0 up to rounding: softmax ignores it)
-    atol = 1e-4 * float(jnp.abs(g_ref).max()) + 1e-6 * gscale
+    atol = 1e-4 * np.abs(g_ref).max() + 1e-6 * gscale
     np.testing.assert_allclose(g, g_ref, rtol=0, atol=atol,
                                err_msg=f'{perf} {jax.tree_util.keystr(path)}')
 

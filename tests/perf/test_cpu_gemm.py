@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.perf import cpu_gemm
-from vit_jax.perf import flops
+from tests import golden_inputs
+from vit_jax.checkpoints import npz
 from vit_jax.models import mixer
 from vit_jax.models import vit
+from vit_jax.perf import cpu_gemm
+from vit_jax.perf import flops
 
 
 def _op(x, trans):
@@ -69,24 +71,25 @@ def test_gemm_shape_errors_name_both_shapes():
     ((3, 37, 20), (3, 20, 11)),
 ])
 def test_matmul_gradients_equal_autodiff(a_shape, b_shape):
-  ka, kb, kg = jax.random.split(jax.random.key(0), 3)
-  a, b = jax.random.normal(ka, a_shape), jax.random.normal(kb, b_shape)
-  w = jax.random.normal(kg, a_shape[:-1] + b_shape[-1:])
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal(a_shape, np.float32)
+  b = rng.standard_normal(b_shape, np.float32)
+  w = rng.standard_normal(a_shape[:-1] + b_shape[-1:], np.float32)
   loss = lambda mm: lambda a, b: jnp.sum(w * mm(a, b) ** 2)
   got = jax.jit(jax.value_and_grad(loss(cpu_gemm.matmul), (0, 1)))(a, b)
-  want = jax.value_and_grad(loss(jnp.matmul), (0, 1))(a, b)
+  want = jax.jit(jax.value_and_grad(loss(jnp.matmul), (0, 1)))(a, b)
   for g, x in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, x, rtol=2e-5, atol=2e-4)
 
 
 @pytest.mark.parametrize('trans_a,trans_b', [(0, 0), (0, 1), (1, 0), (1, 1)])
 def test_batched_matmul_equals_einsum(trans_a, trans_b):
-  ka, kb = jax.random.split(jax.random.key(1))
-  a = jax.random.normal(ka, (2, 3, 19, 8))
-  b = jax.random.normal(kb, (2, 3, 8, 23))
-  want = jnp.einsum('bhij,bhjk->bhik', a, b)
-  a_in = jnp.swapaxes(a, -1, -2) if trans_a else a
-  b_in = jnp.swapaxes(b, -1, -2) if trans_b else b
+  rng = np.random.default_rng(1)
+  a = rng.standard_normal((2, 3, 19, 8), np.float32)
+  b = rng.standard_normal((2, 3, 8, 23), np.float32)
+  want = np.einsum('bhij,bhjk->bhik', a.astype(np.float64), b)
+  a_in = jnp.asarray(_op(a, trans_a).copy())
+  b_in = jnp.asarray(_op(b, trans_b).copy())
   fn = lambda x, y: cpu_gemm.batched_matmul(x, y, trans_a, trans_b)
   assert _has_kernel_call(fn, a_in, b_in)
   np.testing.assert_allclose(jax.jit(fn)(a_in, b_in), want,
@@ -142,21 +145,27 @@ def test_conv_and_kernel_gradient_equal_xla(b, h, w, c, o, kernel_size,
                                             strides, padding):
   """The implicit-GEMM convolution and its kernel gradient against XLA's
   convolution and autodiff (float32 at highest precision)."""
-  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (b, h, w, c))
-  kernel = jax.random.normal(kk, (*kernel_size, c, o))
-  want, vjp = jax.vjp(lambda k: _lax_conv(x, k, strides, padding), kernel)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((b, h, w, c), np.float32)
+  kernel = rng.standard_normal((*kernel_size, c, o), np.float32)
+  conv = lambda k: _lax_conv(x, k, strides, padding)
+  dy = rng.standard_normal(jax.eval_shape(conv, kernel).shape, np.float32)
+
+  @jax.jit
+  def reference(kernel, dy):
+    want, vjp = jax.vjp(conv, kernel)
+    return want, vjp(dy)[0].reshape(-1, o)
+
+  want, dk_want = (np.asarray(a) for a in reference(kernel, dy))
   got = jax.jit(cpu_gemm.conv, static_argnums=(2, 3, 4))(
       x, kernel.reshape(-1, o), kernel_size, strides, padding)
   assert got.shape == want.shape
-  scale = float(jnp.abs(want).max())
-  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
-  dy = jax.random.normal(kg, want.shape)
-  dk_want = vjp(dy)[0].reshape(-1, o)
+  np.testing.assert_allclose(got, want, rtol=0,
+                             atol=1e-5 * np.abs(want).max())
   dk = jax.jit(cpu_gemm.conv_kernel_grad, static_argnums=(2, 3, 4))(
       x, dy, kernel_size, strides, padding)
   np.testing.assert_allclose(dk, dk_want, rtol=0,
-                             atol=1e-5 * float(jnp.abs(dk_want).max()))
+                             atol=1e-5 * np.abs(dk_want).max())
 
 
 def test_conv_shape_errors_name_the_shapes():
@@ -170,19 +179,20 @@ def test_conv_shape_errors_name_the_shapes():
 
 
 def _model_cases():
+  """One block / one Mixer block each: the kernel's products are the dense
+  layers', which a second block would repeat. 'vit': class token and plain
+  head; 'representation': the MAP head (one-query attention) and the
+  pre-logits layer; 'hybrid': a ResNet stem in front; 'mixer'."""
   vit_kw = dict(num_classes=10, patch_size=(8, 8), hidden_size=48,
-                num_layers=2, num_heads=3, mlp_dim=96, classifier='token')
+                num_layers=1, num_heads=3, mlp_dim=96, classifier='token')
   return {
       'vit': (vit.VisionTransformer(**vit_kw), 32),
-      'vit_gap': (vit.VisionTransformer(**{**vit_kw, 'classifier': 'gap'}),
-                  32),
       'hybrid': (vit.VisionTransformer(
-          **{**vit_kw, 'patch_size': (1, 1), 'resnet_layers': (1,),
-             'resnet_width': 1}), 32),
+          **{**vit_kw, 'patch_size': (1, 1), 'resnet_layers': ()}), 32),
       'representation': (vit.VisionTransformer(
           **{**vit_kw, 'representation_size': 16, 'classifier': 'map'}), 32),
       'mixer': (mixer.MlpMixer(num_classes=10, patch_size=(8, 8),
-                               num_blocks=2,
+                               num_blocks=1,
                                hidden_dim=32, tokens_mlp_dim=24,
                                channels_mlp_dim=64), 32),
   }
@@ -192,11 +202,24 @@ def _with_kernel(model):
   return model.clone(dot_general=cpu_gemm.dot_general)
 
 
+def _random_params(model, size):
+  """Random parameters of the model's shapes (`golden_inputs.random_params`:
+  non-zero biases and head, unlike init's zeros), from an abstract init."""
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  shapes = npz.flatten(jax.eval_shape(
+      functools.partial(model.init, train=False), jax.random.key(0), x))
+  flat = golden_inputs.random_params(
+      {k: v.shape for k, v in shapes.items()}, seed=1)
+  return jax.tree.map(jnp.asarray, npz.unflatten(flat))
+
+
 @pytest.mark.parametrize('name', list(_model_cases()))
 def test_models_same_function_and_gradients_with_the_kernel(name):
+  """Logits, loss and parameter gradients with the kernel's `dot_general`
+  against the stock model; the kernel is called exactly when hooked."""
   model, size = _model_cases()[name]
-  x = jax.random.normal(jax.random.key(0), (3, size, size, 3))
-  params = model.init(jax.random.key(1), x, train=False)['params']
+  x = golden_inputs.random_images(0, 3, size)
+  params = _random_params(model, size)
   labels = jnp.arange(3) % 10
 
   def loss(m):
@@ -208,10 +231,12 @@ def test_models_same_function_and_gradients_with_the_kernel(name):
 
   results = {}
   for on, m in ((True, _with_kernel(model)), (False, model)):
-    assert _has_kernel_call(loss(m), params) == on
-    results[on] = jax.jit(loss(m))(params)
+    traced = jax.jit(loss(m)).trace(params)
+    assert (cpu_gemm.TARGET in str(traced.jaxpr)) == on
+    results[on] = traced.lower().compile()(params)
   (l1, logits1), g1 = results[True]
   (l0, logits0), g0 = results[False]
+  assert np.abs(logits0).max() > 0.1
   np.testing.assert_allclose(logits1, logits0, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
