@@ -53,11 +53,13 @@ def case_input(shared_data, case: str) -> np.ndarray:
   return golden_inputs.to_model_input(u8)
 
 
-def our_logits(model, path: str, x: np.ndarray) -> np.ndarray:
-  """Our loader fits `path` to `model` at x's size; our forward pass."""
+def our_logits(model, path: str, x: np.ndarray, init=None) -> np.ndarray:
+  """Our loader fits `path` to `model` (abstract `init`: by default traced
+  at x's size) at x's size; our forward pass."""
   size = x.shape[1:3]
-  init = jax.eval_shape(model.init, jax.random.key(0),
-                        jnp.zeros((1, *size, 3)))['params']
+  if init is None:
+    init = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, *size, 3)))['params']
   params = pretrained.fit(model, init, pretrained.read(path), size)
   return np.asarray(jax.jit(model.apply)({'params': params}, x))
 
@@ -83,7 +85,7 @@ def test_our_written_checkpoints_give_the_official_logits(
   c = golden_inputs.CASES[case]
   x = case_input(shared_data, case)
   model = models.get_model(c['model'], num_classes=c['num_classes'])
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x[:1])
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x[:1])['params']
   params = golden_inputs.random_params(
       {k: v.shape for k, v in npz.flatten(shapes).items()}, c['seed'])
   assert golden_inputs.sha256_of_params(params) == GOLDEN['cases'][case][
@@ -93,7 +95,7 @@ def test_our_written_checkpoints_give_the_official_logits(
   npz.save_npz(str(path), npz.unflatten(params))
   del params
   try:
-    ours = our_logits(model, str(path), x)
+    ours = our_logits(model, str(path), x, shapes)
   finally:
     path.unlink()
   assert_close(case, ours, golden_logits(case))
@@ -101,11 +103,12 @@ def test_our_written_checkpoints_give_the_official_logits(
 
 def test_the_golden_tells_the_gelu_forms_apart(shared_data):
   """The exact-erf GELU on the released Ti/16 misses the golden by far more
-  than the tolerance: the fixtures pin down the tanh form."""
+  than the tolerance (on the first 2 photos already): the fixtures pin down
+  the tanh form."""
   case = 'ViT-Ti_16@224'
   c = golden_inputs.CASES[case]
-  x = case_input(shared_data, case)
+  x = case_input(shared_data, case)[:2]
   path = str(shared_data / 'checkpoints' / c['checkpoint'])
   erf = our_logits(models.get_model(c['model'], mlp_activation='gelu_erf'),
                    path, x)
-  assert float(np.abs(erf - golden_logits(case)).max()) > 1e-3
+  assert float(np.abs(erf - golden_logits(case)[:2]).max()) > 1e-3

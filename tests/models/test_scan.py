@@ -62,16 +62,25 @@ def _loss(model, x, **kw):
 
 
 @functools.cache
-def _run(name='mu/16', scanned=False, policy='none', k=0, mode='alone',
-         **kw):
-  """(logits, gradients as a flat per-block dict) of one configuration;
-  one compile each, shared between the tests."""
+def _traced(name='mu/16', scanned=False, policy='none', k=0, mode='alone',
+            **kw):
+  """(value and gradient of the loss, traced for jit; its parameters) of
+  one configuration."""
   model, scanned_model, params, stacked, x = _setup(name, **kw)
   model, params = ((scanned_model, stacked) if scanned else (model, params))
   model = model.clone(remat_policy=policy)
   call = dict(cls_insert_layer=k, cls_insert_mode=mode) if k else {}
-  (_, y), g = jax.jit(jax.value_and_grad(_loss(model, x, **call),
-                                         has_aux=True))(params)
+  return jax.jit(jax.value_and_grad(_loss(model, x, **call),
+                                    has_aux=True)).trace(params), params
+
+
+@functools.cache
+def _run(*args, **kw):
+  """(logits, gradients as a flat per-block dict) of one configuration
+  (`_traced`'s arguments); one compile each, shared between the tests."""
+  traced, params = _traced(*args, **kw)
+  (_, y), g = traced.lower().compile()(params)
+  g = jax.tree.map(np.asarray, g)
   return np.asarray(y), scan.flatten(scan.unstack_tree(g))
 
 
@@ -83,8 +92,12 @@ def _assert_flat_close(got, want):
 
 
 def test_scanned_init_has_the_stacked_layout_and_distinct_layers():
-  _, scanned, params, stacked, x = _setup()
-  init = jax.jit(scanned.init)(jax.random.key(0), x)['params']
+  _, scanned, params, stacked, _ = _setup()
+  # the init of a run without a checkpoint (the program modelinfo.load
+  # compiles too: test_analyses_get_the_unrolled_form)
+  model, init = pretrained.load_model('mu/16', None, (32, 32), 10,
+                                      scan_layers=True, num_layers=L)
+  assert model == scanned
   flat = scan.flatten(init)
   assert ({k: np.shape(v) for k, v in flat.items()} ==
           {k: np.shape(v) for k, v in scan.flatten(stacked).items()})
@@ -142,32 +155,35 @@ def test_same_logits_and_gradients(kw):
 @pytest.mark.parametrize('policy', scan.REMAT_POLICIES[1:])
 @pytest.mark.parametrize('scanned', [False, True])
 def test_each_remat_policy_gives_the_gradients_of_none(policy, scanned):
-  _assert_flat_close(_run(scanned=scanned, policy=policy)[1],
-                     _run(scanned=scanned)[1])
+  # Gradients: every policy on the scanned stack (`nn.remat` inside the
+  # scan) and on its last block; the unrolled blocks take every policy
+  # through the same `scan.rematted` wrapper, compared with one of them.
+  if scanned or policy == 'dots_saveable':
+    _assert_flat_close(_run(scanned=scanned, policy=policy)[1],
+                       _run(scanned=scanned)[1])
   # and the backward pass does recompute: remat in the gradient's jaxpr
-  model, scanned_model, params, stacked, x = _setup()
-  model, p = (scanned_model, stacked) if scanned else (model, params)
-  jaxpr = str(jax.make_jaxpr(jax.grad(
-      _loss(model.clone(remat_policy=policy), x), has_aux=True))(p))
-  assert 'remat' in jaxpr or 'checkpoint' in jaxpr
-  assert 'remat' not in str(jax.make_jaxpr(jax.grad(_loss(model, x),
-                                                    has_aux=True))(p))
+  rematted = str(_traced(scanned=scanned, policy=policy)[0].jaxpr)
+  assert 'remat' in rematted or 'checkpoint' in rematted
+  assert 'remat' not in str(_traced(scanned=scanned)[0].jaxpr)
 
 
 def test_boolean_remat_is_nothing_saveable():
   assert scan.remat_policy('none', remat=True) == 'nothing_saveable'
   assert scan.remat_policy('none') is None
   model, _, params, _, x = _setup()
-  g, _ = jax.jit(jax.grad(_loss(model.clone(remat=True), x), has_aux=True))(
-      params)
-  _assert_flat_close(scan.flatten(g), _run(policy='nothing_saveable')[1])
+  # the same computation, gradients included, as the policy's: the same
+  # jaxpr (its gradients: test_each_remat_policy_gives_the_gradients_of_none)
+  boolean = jax.jit(jax.value_and_grad(_loss(model.clone(remat=True), x),
+                                       has_aux=True)).trace(params)
+  assert str(boolean.jaxpr) == str(
+      _traced(policy='nothing_saveable')[0].jaxpr)
   with pytest.raises(ValueError, match=r"remat=True .* contradicts "
                      r"remat_policy='dots_saveable'"):
-    model.clone(remat=True, remat_policy='dots_saveable').init(
-        jax.random.key(0), x)
+    jax.eval_shape(model.clone(remat=True, remat_policy='dots_saveable').init,
+                   jax.random.key(0), x)
   with pytest.raises(ValueError, match=r"remat_policy='all'; allowed: none, "
                      r'nothing_saveable, dots_saveable'):
-    model.clone(remat_policy='all').init(jax.random.key(0), x)
+    jax.eval_shape(model.clone(remat_policy='all').init, jax.random.key(0), x)
 
 
 @pytest.mark.parametrize('k,mode', [(1, 'raw'), (2, 'alone')])
@@ -246,7 +262,9 @@ def test_loading_converts_layouts_both_ways(tmp_path):
     np.testing.assert_array_equal(scan.flatten(back)[k], v, err_msg=k)
   # a checkpoint with fewer blocks: one line naming the key and both shapes
   small = models.get_model('mu/16', num_classes=10, num_layers=2)
-  npz.save_npz(path, jax.jit(small.init)(jax.random.key(0), x)['params'])
+  npz.save_npz(path, jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype),
+      jax.eval_shape(small.init, jax.random.key(0), x)['params']))
   with pytest.raises(pretrained.PretrainedError,
                      match=r'missing in checkpoint: .*encoderblock_2/') as e:
     pretrained.fit(scanned, init, pretrained.read(path))
@@ -289,7 +307,8 @@ def test_stack_and_unstack_errors_are_one_line():
 
 def test_released_ti16_through_the_scanned_model(shared_data):
   """The released file (per block) loads into a scanned ViT-Ti/16 and gives
-  the official code's logits, as the unrolled model does."""
+  the official code's logits, as the unrolled model does
+  (tests/models/test_official_golden.py)."""
   case = 'ViT-Ti_16@224'
   c = golden_inputs.CASES[case]
   u8 = golden_inputs.load_photos(shared_data / 'imagenet_samples',
@@ -297,32 +316,34 @@ def test_released_ti16_through_the_scanned_model(shared_data):
   x = golden_inputs.to_model_input(u8)
   restored = pretrained.read(str(shared_data / 'checkpoints' /
                                  c['checkpoint']))
-  logits = {}
-  for scanned in (False, True):
-    model = models.get_model(c['model'], scan_layers=scanned)
-    init = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, 224, 224, 3)))['params']
-    params = pretrained.fit(model, init, restored, (224, 224))
-    assert ('Transformer/encoderblock/LayerNorm_0/scale' in
-            scan.flatten(params)) == scanned
-    logits[scanned] = np.asarray(jax.jit(model.apply)({'params': params}, x))
-  np.testing.assert_allclose(logits[True], logits[False], **TOL)
+  model = models.get_model(c['model'], scan_layers=True)
+  init = jax.eval_shape(model.init, jax.random.key(0),
+                        jnp.zeros((1, 224, 224, 3)))['params']
+  params = pretrained.fit(model, init, restored, (224, 224))
+  flat = scan.flatten(params)
+  assert np.shape(flat['Transformer/encoderblock/LayerNorm_0/scale']) == (
+      11, 192)  # blocks 0..10 stacked, block 11 on its own
+  assert not any('encoderblock_0/' in k for k in flat)
+  logits = np.asarray(jax.jit(model.apply)({'params': params}, x))
   official = json.loads((REPO / 'tests' / 'fixtures' / 'official' /
                          'golden_logits.json').read_text())[case]
-  np.testing.assert_allclose(logits[True], np.asarray(official)[:2],
-                             atol=1e-4)
+  np.testing.assert_allclose(logits, np.asarray(official)[:2], atol=1e-4)
 
 
 def test_analyses_get_the_unrolled_form(tmp_path):
-  _, scanned, params, stacked, x = _setup()
+  unrolled, scanned, params, _, _ = _setup()
   path = str(tmp_path / 'p.npz')
   npz.save_npz(path, params)
   model, loaded = modelinfo.load('mu/16', path, (32, 32),
                                  scan_layers=True, num_layers=L)
-  assert not scan.is_scanned(model)
-  assert sorted(scan.flatten(loaded)) == sorted(scan.flatten(params))
-  np.testing.assert_allclose(jax.jit(model.apply)({'params': loaded}, x),
-                             _run(scanned=True)[0], **TOL)
+  # the unrolled model with the file's parameters as they are: the function
+  # test_same_logits_and_gradients finds equal to the scanned model's
+  assert model == unrolled.clone(**modelinfo.run_hooks('mu/16'))
+  flat, want = scan.flatten(loaded), scan.flatten(params)
+  assert sorted(flat) == sorted(want)
+  for k, v in want.items():
+    assert flat[k].dtype == v.dtype, k
+    np.testing.assert_array_equal(flat[k], v, err_msg=k)
   assert not scan.is_scanned(modelinfo.build('mu/16', scan_layers=True))
   with pytest.raises(validate.AnalysisError, match='truncate needs the '
                      'unrolled form'):

@@ -14,11 +14,14 @@ computation hooks of the default `config.perf` there (`vit_jax.perf.hooks`;
 tests/models/test_fast_paths.py checks every other piece against these).
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import golden_inputs
 from vit_jax.checkpoints import npz
 from vit_jax import models
 from vit_jax.perf import flops
@@ -35,36 +38,69 @@ def get_model(name, **kw):
                           **kw)
 
 
+# The weight-standardized ResNet convolutions of the hybrids.
+STD_CONV = re.compile(r'(conv_root|block\d+/unit\d+/conv\w+)/kernel')
+
+
 def randomized_params(model, image_size, seed=0):
-  """Init, then add N(0, 0.02) noise to every leaf (norms and the zero-init
-  head included, so a mis-mapped scale/bias or head cannot hide)."""
-  x = jnp.zeros((1, image_size, image_size, 3))
-  params = jax.jit(model.init)(jax.random.key(seed), x)['params']
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  leaves = [l + 0.02 * jax.random.normal(k, l.shape)
-            for l, k in zip(leaves, keys)]
-  return jax.tree_util.tree_unflatten(tree, leaves)
+  """Every leaf random (`golden_inputs.random_params` over the shapes of an
+  abstract init: norm scales 1 + 0.1 z, biases 0.05 z, kernels
+  z / sqrt(fan_in), embeddings 0.1 z), so that norms, biases, the head and
+  each residual branch are non-trivial and a mis-mapped leaf cannot hide.
+  Standardized conv kernels are z: their scale is divided out, except that
+  the official eps (std + 1e-5) and timm's (sqrt(var + 1e-8)) then differ
+  by 1e-5 relative, not 1e-5 * sqrt(fan_in) (4e-4 on a hybrid's logits)."""
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  shapes = npz.flatten(jax.eval_shape(model.init, jax.random.key(0), x))
+  flat = golden_inputs.random_params({k: v.shape for k, v in shapes.items()},
+                                     seed)
+  for k, v in flat.items():
+    if STD_CONV.fullmatch(k):
+      flat[k] = v * np.float32(np.sqrt(np.prod(v.shape[:-1])))
+  return npz.unflatten(flat)
 
 
-def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2,
-                      perturb=None):
+def timm_without_init(factory, *args, **kw):
+  """A timm model whose every parameter and buffer is NaN: what it computes
+  with must come from the checkpoint it loads (and timm's own random init,
+  a few seconds per model, is skipped)."""
+  with torch.device('meta'):
+    m = factory(*args, **kw)
+  m = m.to_empty(device='cpu')
+  with torch.no_grad():
+    for t in (*m.parameters(), *m.buffers()):
+      if t.is_floating_point():
+        t.fill_(float('nan'))
+  return m
+
+
+def ours_and_theirs(tmp_path, model, timm_model, image_size, batch=2):
+  """Random parameters written as `.npz` and loaded by timm's reader:
+  (our jitted forward, our parameters, input, timm's logits)."""
   params = randomized_params(model, image_size)
   path = str(tmp_path / 'ckpt.npz')
   npz.save_npz(path, params)
-  if perturb:  # changes our side only, after the file was written
-    params = perturb(params)
   timm_model.load_pretrained(path)
   timm_model.eval()
   x = np.random.RandomState(0).uniform(
       -1, 1, (batch, image_size, image_size, 3)).astype(np.float32)
-  ours = np.asarray(jax.jit(lambda p, x: model.apply(p, x))(
-      {'params': params}, x))
   with torch.no_grad():
     theirs = timm_model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  return forward, params, x, theirs
+
+
+def assert_same_logits(ours, theirs):
+  ours = np.asarray(ours)
   assert ours.shape == theirs.shape
   assert np.std(ours) > 1e-2, 'logits are degenerate; the test would be weak'
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def compare_with_timm(tmp_path, model, timm_model, image_size, batch=2):
+  forward, params, x, theirs = ours_and_theirs(tmp_path, model, timm_model,
+                                               image_size, batch)
+  assert_same_logits(forward(params, x), theirs)
   # the parameter counts agree too
   assert flops.count_params(params) == sum(
       p.numel() for p in timm_model.parameters())
@@ -97,10 +133,9 @@ VIT_CASES = [
 @pytest.mark.parametrize('name,timm_name,size,ours_kw,timm_kw', VIT_CASES,
                          ids=[c[0] for c in VIT_CASES])
 def test_logits_match_timm(tmp_path, name, timm_name, size, ours_kw, timm_kw):
-  model = get_model(name.removesuffix('-erf'), num_classes=1000,
-                           **ours_kw)
-  timm_model = timm.create_model(timm_name, pretrained=False,
-                                 num_classes=1000, **timm_kw)
+  model = get_model(name.removesuffix('-erf'), num_classes=1000, **ours_kw)
+  timm_model = timm_without_init(timm.create_model, timm_name,
+                                 pretrained=False, num_classes=1000, **timm_kw)
   compare_with_timm(tmp_path, model, timm_model, size)
 
 
@@ -110,40 +145,40 @@ def test_map_head_matches_timm(tmp_path, ours_kw, timm_kw):
   """Attention-pooling head (big_vision MAPHead = timm AttentionPoolLatent)."""
   model = get_model('S/16', classifier='map', num_classes=10, num_layers=2,
                     **ours_kw)
-  timm_model = timm.models.VisionTransformer(
-      img_size=64, patch_size=16, embed_dim=384, depth=2, num_heads=6,
-      num_classes=10, class_token=False, global_pool='map', **timm_kw)
+  timm_model = timm_without_init(
+      timm.models.VisionTransformer, img_size=64, patch_size=16,
+      embed_dim=384, depth=2, num_heads=6, num_classes=10, class_token=False,
+      global_pool='map', **timm_kw)
   compare_with_timm(tmp_path, model, timm_model, 64)
 
 
 def test_timm_parity_catches_a_small_difference(tmp_path):
-  """The comparison is sharp: a 1 % change of one LayerNorm scale fails it."""
+  """The comparison is sharp: a 1 % change of one LayerNorm scale (on our
+  side, after the file was written) fails it."""
   model = get_model('mu/16', num_classes=10)
-  timm_model = timm.models.VisionTransformer(
-      img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2,
-      mlp_ratio=4, num_classes=10, **TANH)
-  compare_with_timm(tmp_path, model, timm_model, 32)  # passes as it is
-
-  def perturb(params):
-    ln = params['Transformer']['encoderblock_1']['LayerNorm_2']
-    ln['scale'] = ln['scale'] * 1.01
-    return params
+  timm_model = timm_without_init(
+      timm.models.VisionTransformer, img_size=32, patch_size=16, embed_dim=32,
+      depth=2, num_heads=2, mlp_ratio=4, num_classes=10, **TANH)
+  forward, params, x, theirs = ours_and_theirs(tmp_path, model, timm_model,
+                                               32)
+  assert_same_logits(forward(params, x), theirs)  # passes as it is
+  ln = params['Transformer']['encoderblock_1']['LayerNorm_2']
+  ln['scale'] = ln['scale'] * 1.01
   with pytest.raises(AssertionError):
-    compare_with_timm(tmp_path, model, timm_model, 32, perturb=perturb)
+    assert_same_logits(forward(params, x), theirs)
 
 
 @pytest.mark.parametrize('ours_kw,timm_kw', [({}, TANH), (ERF, {})],
                          ids=['gelu_tanh', 'gelu_erf'])
 def test_mixer_matches_timm(ours_kw, timm_kw):
   """timm has no `.npz` reader for Mixer: map the official keys by hand."""
-  model = get_model('Mixer-B_16', num_blocks=2, num_classes=10,
-                           **ours_kw)
+  model = get_model('Mixer-B_16', num_blocks=2, num_classes=10, **ours_kw)
   size = 64
   params = randomized_params(model, size)
-  flat = {k: np.asarray(v) for k, v in npz.flatten(params).items()}
-  timm_model = timm.models.MlpMixer(
-      num_classes=10, img_size=size, patch_size=16, num_blocks=2,
-      embed_dim=768, mlp_ratio=(0.5, 4.0),
+  flat = npz.flatten(params)
+  timm_model = timm_without_init(
+      timm.models.MlpMixer, num_classes=10, img_size=size, patch_size=16,
+      num_blocks=2, embed_dim=768, mlp_ratio=(0.5, 4.0),
       # MlpMixer takes the activation as a class, not a name
       **{k: timm.layers.get_act_layer(v) for k, v in timm_kw.items()})
   t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
@@ -169,8 +204,6 @@ def test_mixer_matches_timm(ours_kw, timm_kw):
   timm_model.eval()
   x = np.random.RandomState(0).uniform(-1, 1, (2, size, size, 3)).astype(
       np.float32)
-  ours = np.asarray(model.apply({'params': params}, x))
   with torch.no_grad():
     theirs = timm_model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
-  assert np.std(ours) > 1e-2
-  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+  assert_same_logits(jax.jit(model.apply)({'params': params}, x), theirs)
