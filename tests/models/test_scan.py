@@ -155,16 +155,19 @@ def test_same_logits_and_gradients(kw):
 @pytest.mark.parametrize('policy', scan.REMAT_POLICIES[1:])
 @pytest.mark.parametrize('scanned', [False, True])
 def test_each_remat_policy_gives_the_gradients_of_none(policy, scanned):
-  # Gradients: every policy on the scanned stack (`nn.remat` inside the
-  # scan) and on its last block; the unrolled blocks take every policy
-  # through the same `scan.rematted` wrapper, compared with one of them.
-  if scanned or policy == 'dots_saveable':
+  # The policy reaches the backward pass: remat in the gradient's jaxpr,
+  # each policy's jaxpr its own.
+  jaxpr = lambda p: str(_traced(scanned=scanned, policy=p)[0].jaxpr)
+  assert 'remat' in jaxpr(policy) or 'checkpoint' in jaxpr(policy)
+  assert 'remat' not in jaxpr('none')
+  assert all(jaxpr(policy) != jaxpr(p)
+             for p in scan.REMAT_POLICIES[1:] if p != policy)
+  # Gradients: every policy goes through the same wrapper of a layout
+  # (`scan.rematted` per block; `nn.remat` inside the scan, and on the last
+  # block), compared with one policy per layout.
+  if policy == ('nothing_saveable' if scanned else 'dots_saveable'):
     _assert_flat_close(_run(scanned=scanned, policy=policy)[1],
                        _run(scanned=scanned)[1])
-  # and the backward pass does recompute: remat in the gradient's jaxpr
-  rematted = str(_traced(scanned=scanned, policy=policy)[0].jaxpr)
-  assert 'remat' in rematted or 'checkpoint' in rematted
-  assert 'remat' not in str(_traced(scanned=scanned)[0].jaxpr)
 
 
 def test_boolean_remat_is_nothing_saveable():
