@@ -9,9 +9,19 @@
       ViTC to one block of width 32 (for tests of stems, heads, loaders).
   ANALYSIS_MODEL: the `--model/--resolution` arguments of the analysis CLI
       tests (a random-init mu/16 at 32 px).
+  random_model_params(model, size, seed): every parameter of `model` random
+      (`golden_inputs.random_params` over the shapes of an abstract init:
+      non-zero head and biases, non-trivial norms), nothing compiled.
 """
 
+import functools
+
+import jax
+import jax.numpy as jnp
+
 from configs import vit as vit_config
+from tests import golden_inputs
+from vit_jax.checkpoints import npz
 
 TRANSFORMER = dict(hidden_size=32, mlp_dim=64, num_heads=2, num_layers=1)
 ANALYSIS_MODEL = ['--model', 'mu/16', '--resolution', '32']
@@ -35,3 +45,14 @@ def train_config(**overrides):
       node = node[p]
     node[last] = v
   return config
+
+
+def random_model_params(model, size: int, seed: int, **init_kwargs):
+  """{module: {leaf: float32 numpy array}} in `model`'s parameter shapes at
+  `size` px (from `jax.eval_shape` of its init, with `init_kwargs`), drawn
+  by `golden_inputs.random_params(shapes, seed)`."""
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  shapes = jax.eval_shape(functools.partial(model.init, **init_kwargs),
+                          jax.random.key(0), x)
+  return npz.unflatten(golden_inputs.random_params(
+      {k: v.shape for k, v in npz.flatten(shapes).items()}, seed))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests import golden_inputs
+from tests.tiny_configs import random_model_params
 from vit_jax import models
 from vit_jax.checkpoints import npz
 from vit_jax.models import vit
@@ -275,16 +276,6 @@ MODELS = [('mu/16', 32, dict(num_layers=1)),
           ('Mixer-mu_16', 32, dict(num_blocks=1))]
 
 
-def _random_params(model, size):
-  """Random parameters of the model's shapes (`golden_inputs.random_params`:
-  norm scales 1 + 0.1 z, biases 0.05 z, kernels z / sqrt(fan_in): no layer
-  trivial, init's zero head included), from an abstract init."""
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  shapes = npz.flatten(jax.eval_shape(model.init, jax.random.key(0), x))
-  return npz.unflatten(golden_inputs.random_params(
-      {k: v.shape for k, v in shapes.items()}, seed=1))
-
-
 def _every_piece(name):
   """One non-stock choice of every piece that applies to `name`."""
   perf = {}
@@ -305,7 +296,7 @@ def test_models_exact_with_every_piece(name, size, kw, fast_compile):
     pytest.skip(f'no piece applies to {name}')
   stock = models.get_model(name, num_classes=10, **kw)
   model = stock.clone(**hooks.model_overrides(perf, 'cpu', 1, name))
-  params = {'params': _random_params(stock, size)}
+  params = {'params': random_model_params(stock, size, seed=1)}
   x = golden_inputs.random_images(2, 2, size)
 
   def run(m):  # (loss, logits), gradients: one program per model

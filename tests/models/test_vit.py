@@ -10,8 +10,8 @@ import pytest
 
 from tests import golden_inputs
 from tests import tiny_configs
+from tests.tiny_configs import random_model_params
 from vit_jax import models
-from vit_jax.checkpoints import npz
 from vit_jax.models import intermediates
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -25,10 +25,8 @@ def setup(name, size=32, **kw):
   model = models.get_model(name, num_classes=10, **kw)
   x = jnp.asarray(np.random.RandomState(1).uniform(
       -1, 1, (2, size, size, 3)).astype(np.float32))
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)['params']
-  params = golden_inputs.random_params(
-      {k: v.shape for k, v in npz.flatten(shapes).items()}, seed=0)
-  return model, npz.unflatten(jax.tree.map(jnp.asarray, params)), x
+  params = random_model_params(model, size, seed=0)
+  return model, jax.tree.map(jnp.asarray, params), x
 
 
 @functools.cache

@@ -20,9 +20,9 @@ import optax
 import pytest
 
 from tests import golden_inputs
+from tests.tiny_configs import random_model_params
 from tests.conftest import REPO
 from vit_jax import models
-from vit_jax.checkpoints import npz
 from vit_jax.perf import attention
 from vit_jax.perf import bench
 from vit_jax.perf import hooks
@@ -139,9 +139,7 @@ def test_train_step_learns():
   model = models.get_model('mu/16', num_classes=1000)
   x = golden_inputs.random_images(0, 4, 32)
   y = np.array([3, 7, 1, 9], np.int32)
-  shapes = npz.flatten(jax.eval_shape(model.init, jax.random.key(0), x[:1]))
-  params = npz.unflatten(golden_inputs.random_params(
-      {k: v.shape for k, v in shapes.items()}, seed=1))
+  params = random_model_params(model, 32, seed=1)
   tx = optax.adamw(1e-4, weight_decay=1e-4)  # as `bench.compile_step`
   step = bench.make_train_step(model, tx)
   state = jax.jit(tx.init)(params)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests import golden_inputs
-from vit_jax.checkpoints import npz
+from tests.tiny_configs import random_model_params
 from vit_jax.models import mixer
 from vit_jax.models import vit
 from vit_jax.perf import cpu_gemm
@@ -202,24 +202,14 @@ def _with_kernel(model):
   return model.clone(dot_general=cpu_gemm.dot_general)
 
 
-def _random_params(model, size):
-  """Random parameters of the model's shapes (`golden_inputs.random_params`:
-  non-zero biases and head, unlike init's zeros), from an abstract init."""
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  shapes = npz.flatten(jax.eval_shape(
-      functools.partial(model.init, train=False), jax.random.key(0), x))
-  flat = golden_inputs.random_params(
-      {k: v.shape for k, v in shapes.items()}, seed=1)
-  return jax.tree.map(jnp.asarray, npz.unflatten(flat))
-
-
 @pytest.mark.parametrize('name', list(_model_cases()))
 def test_models_same_function_and_gradients_with_the_kernel(name):
   """Logits, loss and parameter gradients with the kernel's `dot_general`
   against the stock model; the kernel is called exactly when hooked."""
   model, size = _model_cases()[name]
   x = golden_inputs.random_images(0, 3, size)
-  params = _random_params(model, size)
+  params = jax.tree.map(jnp.asarray, random_model_params(
+      model, size, seed=1, train=False))
   labels = jnp.arange(3) % 10
 
   def loss(m):

@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from tests import golden_inputs
+from tests.tiny_configs import random_model_params
 from vit_jax import models
-from vit_jax.checkpoints import npz
 from vit_jax.perf import microbatch
 
 CPU = types.SimpleNamespace(platform='cpu')
@@ -59,9 +59,7 @@ def tiny_vit():
   head, so the logits are not init's zeros) and a batch of 4 images."""
   model = models.get_model('mu/16', num_classes=10, num_layers=1)
   x = jnp.asarray(golden_inputs.random_images(0, 4, 32))
-  shapes = npz.flatten(jax.eval_shape(model.init, jax.random.key(0), x[:1]))
-  params = jax.tree.map(jnp.asarray, npz.unflatten(golden_inputs.random_params(
-      {k: v.shape for k, v in shapes.items()}, seed=1)))
+  params = jax.tree.map(jnp.asarray, random_model_params(model, 32, seed=1))
   return model, params, x
 
 
