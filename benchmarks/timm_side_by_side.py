@@ -29,6 +29,12 @@ GPU both stay in this process (`same`): JAX preallocates most of the GPU
 memory for itself. Our model is built with the computation hooks of
 `--perf` (`config.perf` settings, `vit_jax.perf.hooks`; unset: auto).
 
+On CPU each case / mode runs in a fresh process of this script
+(`--case_process=separate`, the default there with more than one row): the
+allocator settings keep the heap a case grew, so a later case would start on
+a bigger heap than it needs (and five cases in one process can outgrow
+memory).
+
 Inference: forward in eval mode, no grad. Training: one AdamW step on softmax
 cross-entropy (forward, backward, update), both frameworks. fp32 on CPU uses
 `--threads` threads in torch (default: all cores, as XLA:CPU does); bf16 runs
@@ -358,7 +364,14 @@ def parse_args(argv):
                  choices=['auto', 'separate', 'same'],
                  help='timm in a child process (separate) or in this one '
                  '(same); auto: separate on CPU, same on GPU')
+  p.add_argument('--case_process', default='auto',
+                 choices=['auto', 'separate', 'same'],
+                 help='each case / mode in a fresh process of this script '
+                 '(separate) or all in this one (same); auto: separate on '
+                 'CPU with more than one row (the allocator settings keep '
+                 'the heap a case grew, and the next case starts on it)')
   p.add_argument('--_timm_worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--_no_header', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--json', default=None, help='append rows here')
   args = p.parse_args(argv)
   for c in args.cases.split(','):
@@ -383,6 +396,11 @@ def parse_args(argv):
                          else 'cpu')
   if args.timm_process == 'auto':
     args.timm_process = 'separate' if args.torch_device == 'cpu' else 'same'
+  rows = len(args.cases.split(',')) * len(args.modes.split(','))
+  if args.case_process == 'auto':
+    args.case_process = ('separate' if args.torch_device == 'cpu' and rows > 1
+                         else 'same')
+  args.argv = list(argv)
   return args
 
 
@@ -396,6 +414,8 @@ def main(argv: Optional[list[str]] = None, set_allocator: bool = False) -> int:
   if args._timm_worker:  # pylint: disable=protected-access
     host_malloc.apply(args.host_malloc)  # before torch starts its threads
     return _timm_worker(args.threads)
+  if args.case_process == 'separate':
+    return _run_each_in_own_process(args)
   child = None
   if timm is None:
     print('SKIP timm: timm/torch not installed; timing our side only')
@@ -404,17 +424,41 @@ def main(argv: Optional[list[str]] = None, set_allocator: bool = False) -> int:
     if args.timm_process == 'separate' and not args.no_timm:
       child = TimmProcess(args.threads,
                           'on' if host_malloc.active() else 'off')
-  print(f'jax {jax.__version__} on {bench.device_name()}; '
+  if not args._no_header:  # pylint: disable=protected-access
+    print(f'jax {jax.__version__} on {bench.device_name()}; '
         + (f'torch {torch.__version__} on {args.torch_device} '
            f'({torch.get_num_threads()} threads, '
            f'{args.timm_process} process), timm {timm.__version__}'
            if timm else 'no timm')
-        + f'; {host_malloc.describe()} (both sides)')
+        + f'; {host_malloc.describe()} (both sides)', flush=True)
   try:
     return _run_all(args, child)
   finally:
     if child:
       child.close()
+
+
+def _run_each_in_own_process(args) -> int:
+  """Each case / mode by a fresh process of this script (its own heap, its
+  own timm child), one after the other; their rows are printed as they come
+  (and appended to `--json`). Returns the first non-zero exit status."""
+  keep = [a for a in args.argv if not a.startswith(
+      ('--cases', '--modes', '--case_process', '--_no_header'))]
+  status = 0
+  first = True
+  for c in args.cases.split(','):
+    for m in args.modes.split(','):
+      cmd = [sys.executable, os.path.abspath(__file__), *keep,
+             f'--cases={c}', f'--modes={m}', '--case_process=same']
+      if not first:
+        cmd.append('--_no_header')
+      first = False
+      rc = subprocess.call(cmd)
+      if rc:
+        print(f'{c:10s} {m:5s} FAILED: its process exited {rc}'
+              + (' (killed: out of memory?)' if rc < 0 else ''), flush=True)
+        status = status or rc
+  return status
 
 
 def _run_all(args, child: Optional[TimmProcess]) -> int:

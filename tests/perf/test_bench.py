@@ -12,6 +12,7 @@ compilation cache compiles each once.
 import dataclasses
 import importlib.util
 import json
+import sys
 import time
 
 import jax
@@ -174,12 +175,25 @@ def test_cudnn_padding_is_exact(monkeypatch):
 
 
 @pytest.mark.parametrize('timm_process', ['auto', 'same'])
-def test_side_by_side_tiny(tmp_path, capsys, timm_process):
+def test_side_by_side_tiny(tmp_path, capsys, monkeypatch, timm_process):
+  """auto on CPU: each row by its own process of the script (here the
+  command line it would start, run in this process), timm in a child."""
   mod = _script('timm_side_by_side')
   out = tmp_path / 'rows.jsonl'
+  started = []
+
+  def call(cmd):
+    assert cmd[:2] == [sys.executable, mod.__file__]
+    started.append([a for a in cmd if a.startswith(('--cases', '--modes'))])
+    return mod.main(cmd[2:])
+  monkeypatch.setattr(mod.subprocess, 'call', call)
   assert mod.main(['--cases=tiny', '--modes=infer,train', '--batch=4',
                    '--rounds=2', '--warmup=0', f'--json={out}',
-                   f'--timm_process={timm_process}']) == 0
+                   f'--timm_process={timm_process}']
+                  + ([] if timm_process == 'auto'
+                     else ['--case_process=same'])) == 0
+  assert started == ([[f'--cases=tiny', f'--modes={m}'] for m in
+                      ('infer', 'train')] if timm_process == 'auto' else [])
   rows = [json.loads(l) for l in out.read_text().splitlines()]
   assert [r['mode'] for r in rows] == ['infer', 'train']
   for r in rows:
