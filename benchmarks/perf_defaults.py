@@ -12,7 +12,8 @@ mixer_b16 Mixer-B/16; `tiny` mu/16 at 32 px for tests) and mode (infer:
 forward; train: AdamW step on softmax cross-entropy), fp32, batch
 `--batch` (32) at `--resolution` (224) px, the step is compiled for every
 combination of the pieces of `vit_jax.perf.hooks` that apply to the model
-(`PIECES`, restricted by `--pieces`), in each allocator setting of
+(`PIECES`, restricted by `--pieces`; the pieces not varied run their stock
+path), in each allocator setting of
 `--allocators` (`vit_jax.perf.host_malloc`: 'default' glibc malloc, 'mallopt' its
 settings, 'thp' those plus the step's heap reserved on transparent huge
 pages after compiling (`host_malloc.reserve(temp, huge_pages=True)`),
@@ -66,10 +67,17 @@ PIECES = {
     'microbatches': (1, 'auto'),
 }
 FAMILY_PIECES = {
-    'vit': ('cpu_gemm', 'attention', 'microbatches'),
+    'vit': ('cpu_gemm', 'attention', 'conv', 'microbatches'),
     'hybrid': ('cpu_gemm', 'attention', 'conv', 'group_norm', 'weight_std',
                'microbatches'),
-    'mixer': ('cpu_gemm', 'microbatches'),
+    'mixer': ('cpu_gemm', 'conv', 'microbatches'),
+}
+# A ViT's or Mixer's only convolution is the patch embedding (kernel =
+# stride): 'pointwise' leaves it to XLA, 'im2col' is its reshape and one XLA
+# matmul, 'implicit_gemm' the same through OpenBLAS.
+FAMILY_VALUES = {
+    'vit': {'conv': ('xla', 'im2col', 'implicit_gemm')},
+    'mixer': {'conv': ('xla', 'im2col', 'implicit_gemm')},
 }
 # The speed pieces as they were all switched on before this measurement.
 LEGACY = dict(cpu_gemm='on', attention='custom_grad', conv='implicit_gemm',
@@ -83,15 +91,16 @@ def combinations(family: str, pieces: Optional[list[str]],
   """The combinations to time (module doc); the first is the stock path."""
   names = [p for p in FAMILY_PIECES[family]
            if pieces is None or p in pieces]
+  values = {p: FAMILY_VALUES.get(family, {}).get(p, PIECES[p]) for p in names}
   stock = {p: PIECES[p][0] for p in names}
   full = [dict(zip(names, vals))
-          for vals in itertools.product(*(PIECES[p] for p in names))]
+          for vals in itertools.product(*(values[p] for p in names))]
   if len(full) <= max_combinations:
     return full
   legacy = {p: LEGACY[p] for p in names}
   out = [stock]
   for p in names:
-    out += [dict(stock, **{p: v}) for v in PIECES[p][1:]]
+    out += [dict(stock, **{p: v}) for v in values[p][1:]]
   out.append(legacy)
   out += [dict(legacy, **{p: stock[p]}) for p in names if legacy[p] != stock[p]]
   unique = []
@@ -134,7 +143,9 @@ def _worker(allocator: str) -> int:
       b = req['build']
       name, res, batch = b['model'], b['resolution'], b['batch']
       combo = b['combo']
-      perf = {k: v for k, v in combo.items() if k != 'microbatches'}
+      # Pieces the combination does not name run their stock path.
+      perf = {p: combo.get(p, values[0]) for p, values in PIECES.items()
+              if p != 'microbatches'}
       k = combo.get('microbatches', 1)
       perf['microbatches'] = 0 if k == 'auto' else k
       kw = hooks.model_overrides(perf, jax.default_backend(),

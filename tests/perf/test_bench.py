@@ -116,10 +116,11 @@ def test_perf_defaults_script_tiny(tmp_path, capsys):
 
 def test_perf_defaults_design():
   mod = _script('perf_defaults')
-  full = mod.combinations('vit', None, 16)
-  assert len(full) == 12 and full[0] == {'cpu_gemm': 'off',
-                                         'attention': 'einsum',
-                                         'microbatches': 1}
+  full = mod.combinations('vit', None, 64)
+  assert len(full) == 2 * 3 * 3 * 2 and full[0] == {
+      'cpu_gemm': 'off', 'attention': 'einsum', 'conv': 'xla',
+      'microbatches': 1}
+  assert {c['conv'] for c in full} == {'xla', 'im2col', 'implicit_gemm'}
   ablation = mod.combinations('hybrid', None, 16)
   assert ablation[0] == {p: v[0] for p, v in mod.PIECES.items()}
   assert mod.LEGACY in ablation and len(ablation) < 30
