@@ -75,10 +75,8 @@ FAMILY_PIECES = {
 # A ViT's or Mixer's only convolution is the patch embedding (kernel =
 # stride): 'pointwise' leaves it to XLA, 'im2col' is its reshape and one XLA
 # matmul, 'implicit_gemm' the same through OpenBLAS.
-FAMILY_VALUES = {
-    'vit': {'conv': ('xla', 'im2col', 'implicit_gemm')},
-    'mixer': {'conv': ('xla', 'im2col', 'implicit_gemm')},
-}
+PATCH_EMBEDDING_ONLY = {'conv': ('xla', 'im2col', 'implicit_gemm')}
+FAMILY_VALUES = {'vit': PATCH_EMBEDDING_ONLY, 'mixer': PATCH_EMBEDDING_ONLY}
 # The speed pieces as they were all switched on before this measurement.
 LEGACY = dict(cpu_gemm='on', attention='custom_grad', conv='implicit_gemm',
               group_norm='two_stage', weight_std='custom_grad',

@@ -426,11 +426,11 @@ def main(argv: Optional[list[str]] = None, set_allocator: bool = False) -> int:
                           'on' if host_malloc.active() else 'off')
   if not args._no_header:  # pylint: disable=protected-access
     print(f'jax {jax.__version__} on {bench.device_name()}; '
-        + (f'torch {torch.__version__} on {args.torch_device} '
-           f'({torch.get_num_threads()} threads, '
-           f'{args.timm_process} process), timm {timm.__version__}'
-           if timm else 'no timm')
-        + f'; {host_malloc.describe()} (both sides)', flush=True)
+          + (f'torch {torch.__version__} on {args.torch_device} '
+             f'({torch.get_num_threads()} threads, '
+             f'{args.timm_process} process), timm {timm.__version__}'
+             if timm else 'no timm')
+          + f'; {host_malloc.describe()} (both sides)', flush=True)
   try:
     return _run_all(args, child)
   finally:
@@ -442,8 +442,16 @@ def _run_each_in_own_process(args) -> int:
   """Each case / mode by a fresh process of this script (its own heap, its
   own timm child), one after the other; their rows are printed as they come
   (and appended to `--json`). Returns the first non-zero exit status."""
-  keep = [a for a in args.argv if not a.startswith(
-      ('--cases', '--modes', '--case_process', '--_no_header'))]
+  own = ('--cases', '--modes', '--case_process')  # set per child below
+  keep, skip_value = [], False
+  for a in args.argv:
+    flag = a.split('=', 1)[0]
+    if skip_value or flag == '--_no_header':
+      skip_value = False
+    elif flag in own:
+      skip_value = '=' not in a  # '--cases ti16': drop the value too
+    else:
+      keep.append(a)
   status = 0
   first = True
   for c in args.cases.split(','):

@@ -141,8 +141,9 @@ def dot_product_attention(q, k, v):
 class Attention(nn.Module):
   """Multi-head dot-product attention with the official parameter layout.
 
-  `query`/`key`/`value` kernels are [D, heads, D/heads] and `out` is
-  [heads, D/heads, D], as in flax's `MultiHeadDotProductAttention`. The
+  The `query`/`key`/`value` weights (`kernel`) are [D, heads, D/heads] and
+  `out`'s are [heads, D/heads, D], as in flax's
+  `MultiHeadDotProductAttention`. The
   product of q, k, v is `attention_fn` (default `dot_product_attention`,
   float32 softmax); while intermediates are recorded or attention dropout is
   active, which need the weights, it is `_head_major_attention` whatever
